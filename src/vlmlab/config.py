@@ -1,0 +1,44 @@
+"""Locating the config folder and checking a composed config before any weight is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+MODEL_GROUPS = ("encoder", "connector", "llm")
+
+
+def config_dir() -> Path:
+    """`conf/` of a source checkout (editable install), or the copy packaged inside the wheel."""
+    packaged = Path(__file__).parent / "conf"
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "conf"
+    if checkout.is_dir():
+        return checkout
+    raise FileNotFoundError(f"vlmlab's config folder was found neither at {packaged} nor at {checkout}")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Catch what Hydra itself accepts but cannot work, with the fix in the message."""
+    for part in MODEL_GROUPS:
+        node = cfg.model.get(part)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise ValueError(
+                f"model.{part} is {node!r}, not a component config. To choose a preset write "
+                f"model/{part}=NAME (with a slash); `model.{part}=NAME` replaces the whole node with a string. "
+                f"Presets: {', '.join(group_options(f'model/{part}'))}"
+            )
+    sources = cfg.data.get("sources")
+    if not sources:
+        raise ValueError("data.sources is empty: choose a data preset (data=synthetic) or add sources")
+    for name, source in sources.items():
+        if "task" not in source or "train" not in source:
+            raise ValueError(f"data source '{name}' needs at least 'task' and 'train' (a LLaVA-format JSON file)")
+    if cfg.data.image_resize not in ("resize", "letterbox", "resize_crop"):
+        raise ValueError(f"data.image_resize={cfg.data.image_resize!r} is not one of resize, letterbox, resize_crop")

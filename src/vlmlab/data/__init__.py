@@ -1,0 +1,1 @@
+"""Data: records on disk -> encoded samples -> batches."""

@@ -1,0 +1,137 @@
+"""`ChatFormatter`: a conversation -> token ids and labels, through the LLM's own chat template.
+
+Label masking works for any template: each assistant turn's text span is found by rendering the
+conversation up to that turn with and without the answer; tokens that start inside a span are
+trained on (the answer and the template's end-of-turn tokens), every other token gets -100.
+Each `<image>` placeholder is then expanded into `num_image_tokens` image token ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class SampleError(ValueError):
+    """A record that cannot become a training sample; `reason` is a short key for counting skips."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class EncodedText:
+    input_ids: torch.Tensor  # (T,)
+    labels: torch.Tensor  # (T,), IGNORE_INDEX outside answers
+
+
+def to_messages(conversations: Sequence[dict]) -> list[dict[str, str]]:
+    """LLaVA turns ({"from": "human"|"gpt", "value"}) or chat messages ({"role", "content"}) -> chat messages."""
+    messages = []
+    for i, turn in enumerate(conversations):
+        speaker = turn.get("from", turn.get("role"))
+        text = turn.get("value", turn.get("content"))
+        if speaker not in ROLES or not isinstance(text, str):
+            raise SampleError(
+                "malformed",
+                f"turn {i} needs 'from' in {sorted(ROLES)} and a string 'value', got {dict(turn)!r}",
+            )
+        messages.append({"role": ROLES[speaker], "content": text})
+    return messages
+
+
+class ChatFormatter:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_token: str,
+        num_image_tokens: int,
+        max_length: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_token = image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+
+    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        # The template already holds BOS where the model wants one: never add special tokens twice.
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], enc["offset_mapping"]
+
+    def _expand_images(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        for token, label in zip(ids, labels):
+            if token == self.image_token_id:
+                out_ids += [token] * self.num_image_tokens
+                out_labels += [IGNORE_INDEX] * self.num_image_tokens
+            else:
+                out_ids.append(token)
+                out_labels.append(label)
+        return out_ids, out_labels
+
+    def encode(self, conversations: Sequence[dict]) -> EncodedText:
+        """Token ids and labels of a whole conversation, for training."""
+        messages = to_messages(conversations)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise SampleError("no_answer", "the conversation has no assistant turn to train on")
+        full = self._render(messages, add_generation_prompt=False)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prefix = self._render(messages[:i], add_generation_prompt=True)
+            upto = self._render(messages[: i + 1], add_generation_prompt=False)
+            if not (upto.startswith(prefix) and full.startswith(upto)):
+                raise ValueError(
+                    "the chat template does not render conversations incrementally (turn "
+                    f"{i} changes earlier text), so answer tokens cannot be located; use a template that does"
+                )
+            spans.append((len(prefix), len(upto)))
+        ids, offsets = self._tokenize(full)
+        labels = [
+            token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
+            for token, (begin, _) in zip(ids, offsets)
+        ]
+        ids, labels = self._expand_images(ids, labels)
+        ids, labels = self._truncate(ids, labels)
+        return EncodedText(torch.tensor(ids), torch.tensor(labels))
+
+    def encode_prompt(self, conversations: Sequence[dict]) -> torch.Tensor:
+        """Token ids of the conversation up to (without) its last answer, ending in the generation prompt."""
+        messages = to_messages(conversations)
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        ids, _ = self._tokenize(self._render(messages, add_generation_prompt=True))
+        ids, _ = self._expand_images(ids, [IGNORE_INDEX] * len(ids))
+        if len(ids) > self.max_length:
+            raise SampleError("too_long", f"the prompt has {len(ids)} tokens, more than max_length={self.max_length}")
+        return torch.tensor(ids)
+
+    def _truncate(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        if len(ids) <= self.max_length:
+            return ids, labels
+        ids, labels = ids[: self.max_length], labels[: self.max_length]
+        # A cut through an image's token run would leave features without placeholders.
+        if ids.count(self.image_token_id) % self.num_image_tokens:
+            raise SampleError(
+                "image_truncated",
+                f"max_length={self.max_length} cuts through an image's {self.num_image_tokens} tokens; "
+                "raise data.max_length",
+            )
+        if all(label == IGNORE_INDEX for label in labels):
+            raise SampleError(
+                "answer_truncated", f"max_length={self.max_length} cuts off every answer token; raise data.max_length"
+            )
+        return ids, labels

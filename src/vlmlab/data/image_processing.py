@@ -1,0 +1,45 @@
+"""Turns PIL images into the pixel tensors an encoder expects (size and normalisation from the encoder)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from vlmlab.models.encoders.base import ImagePreprocessing
+
+ResizeMode = Literal["resize", "letterbox", "resize_crop"]
+
+
+class ImageProcessor:
+    """`resize` stretches to the encoder's size; `letterbox` pads to a square with the mean colour
+    first (LLaVA-1.5's `pad`); `resize_crop` scales the short side and centre-crops."""
+
+    def __init__(self, preprocessing: ImagePreprocessing, mode: ResizeMode = "resize") -> None:
+        if mode not in ("resize", "letterbox", "resize_crop"):
+            raise ValueError(f"image resize mode '{mode}' is not one of resize, letterbox, resize_crop")
+        self.preprocessing = preprocessing
+        self.mode = mode
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        p = self.preprocessing
+        image = image.convert("RGB")
+        if self.mode == "letterbox":
+            side = max(image.size)
+            fill = tuple(int(round(255 * m)) for m in p.mean)
+            square = Image.new("RGB", (side, side), fill)
+            square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+            image = square
+        pixels = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)  # (3, h, w) in [0, 1]
+        if self.mode == "resize_crop":
+            pixels = F.resize(pixels, min(p.height, p.width), antialias=True)
+            pixels = F.center_crop(pixels, [p.height, p.width])
+        else:
+            pixels = F.resize(pixels, [p.height, p.width], antialias=True)
+        return F.normalize(pixels, mean=list(p.mean), std=list(p.std))
+
+    def blank(self) -> torch.Tensor:
+        """A blank image (the mean colour, all zeros after normalisation), for the blind baseline."""
+        return torch.zeros(3, self.preprocessing.height, self.preprocessing.width)

@@ -1,0 +1,213 @@
+"""Synthetic image-grounded tasks that no hub serves: captioning, VQA and document QA.
+
+Every answer can only be read from the image (the blind baseline shows it). The output is the
+LLaVA on-disk format: PNG images plus JSON lists of records with `id`, `image` and
+`conversations`; vlmlab adds `task` and, for evaluation, `answers` (the accepted answers).
+
+Layout written by `write_synthetic_dataset(root, ...)`:
+    root/manifest.json                 generator settings (a changed setting regenerates)
+    root/images/<task>/<split>/<id>.png
+    root/<task>/<split>.json           task in {caption, vqa, doc}, split in {train, val, test}
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+TASKS = ("caption", "vqa", "doc")
+SPLITS = ("train", "val", "test")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 200, 30),
+    "purple": (150, 60, 190),
+}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Generator settings; the same settings and seed always give the same files."""
+
+    seed: int = 0
+    image_size: int = 96
+    num_train: int = 3000  # images per task
+    num_val: int = 100
+    num_test: int = 300
+    train_turns: int = 2  # questions per training image (multi-turn conversations)
+
+
+@dataclass(frozen=True)
+class ShapeObject:
+    color: str
+    shape: str
+    position: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    items: int
+    total: int
+
+
+def sample_scene(rng: random.Random) -> list[ShapeObject]:
+    """1-3 shapes in distinct grid cells, with distinct colours, sorted by cell."""
+    count = rng.randint(1, 3)
+    cells = sorted(rng.sample(range(len(POSITIONS)), count))
+    colors = rng.sample(list(COLORS), count)
+    return [ShapeObject(c, rng.choice(SHAPES), POSITIONS[cell]) for cell, c in zip(cells, colors)]
+
+
+def sample_receipt(rng: random.Random) -> Receipt:
+    return Receipt(items=rng.randint(1, 9), total=rng.randint(10, 99))
+
+
+def render_scene(objects: list[ShapeObject], size: int, rng: random.Random) -> Image.Image:
+    image = Image.new("RGB", (size, size), (235, 235, 235))
+    draw = ImageDraw.Draw(image)
+    cell = size // 2
+    for obj in objects:
+        index = POSITIONS.index(obj.position)
+        x0, y0 = (index % 2) * cell, (index // 2) * cell
+        extent = rng.randint(cell * 5 // 10, cell * 8 // 10)
+        left = x0 + rng.randint(2, cell - extent - 2)
+        top = y0 + rng.randint(2, cell - extent - 2)
+        box = (left, top, left + extent, top + extent)
+        fill = COLORS[obj.color]
+        if obj.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif obj.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(left + extent / 2, top), (left, top + extent), (left + extent, top + extent)], fill=fill)
+    return image
+
+
+def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> Image.Image:
+    """A form with two labelled lines, `QTY n` in the upper half and `TOT nn` in the lower half, on a
+    grid of `size // 6` pixel character cells (one character per cell, so at 96px the text sits on a
+    16px ViT patch grid); rows and indentation vary."""
+    image = Image.new("RGB", (size, size), (250, 250, 245))
+    draw = ImageDraw.Draw(image)
+    cell = size // 6
+    font = ImageFont.load_default(size=cell - 2)
+    lines = [f"QTY {receipt.items}", f"TOT {receipt.total}"]
+    rows = [rng.randint(0, 2), rng.randint(3, 5)]
+    for row, line in zip(rows, lines):
+        column = rng.randint(0, 6 - len(line))
+        for i, char in enumerate(line):
+            center = ((column + i) * cell + cell / 2, row * cell + cell / 2)
+            draw.text(center, char, fill=(20, 20, 20), font=font, anchor="mm")
+    return image
+
+
+def caption_of(objects: list[ShapeObject]) -> str:
+    parts = [f"a {o.color} {o.shape} in the {o.position}" for o in objects]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text + "."
+
+
+def vqa_pairs(objects: list[ShapeObject], rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """`count` distinct question/answer pairs about the scene, one question type drawn at a time."""
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < count:
+        obj = rng.choice(objects)
+        kind = rng.choice(("color", "shape", "count", "position"))
+        if kind == "color":
+            pair = (f"What color is the shape in the {obj.position}?", obj.color)
+        elif kind == "shape":
+            pair = (f"What shape is in the {obj.position}?", obj.shape)
+        elif kind == "count":
+            pair = ("How many shapes are there?", str(len(objects)))
+        else:
+            pair = (f"Where is the {obj.color} shape?", obj.position)
+        if pair not in pairs:
+            pairs.append(pair)
+    return pairs
+
+
+def doc_pairs(receipt: Receipt, rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """Up to two questions, one per field, in random order."""
+    pairs = [("What is the total?", str(receipt.total)), ("How many items are there?", str(receipt.items))]
+    rng.shuffle(pairs)
+    return pairs[:count]
+
+
+def _conversation(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """LLaVA turns; the image placeholder leads the first question, as in LLaVA's data."""
+    turns = []
+    for i, (question, answer) in enumerate(pairs):
+        turns.append({"from": "human", "value": f"<image>\n{question}" if i == 0 else question})
+        turns.append({"from": "gpt", "value": answer})
+    return turns
+
+
+def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple[dict, Image.Image]:
+    """One record (without id/image path) and its image."""
+    if task == "caption":
+        objects = sample_scene(rng)
+        pairs = [("Describe the image.", caption_of(objects))]
+        image = render_scene(objects, size, rng)
+    elif task == "vqa":
+        objects = sample_scene(rng)
+        pairs = vqa_pairs(objects, rng, turns)
+        image = render_scene(objects, size, rng)
+    elif task == "doc":
+        receipt = sample_receipt(rng)
+        pairs = doc_pairs(receipt, rng, turns)
+        image = render_receipt(receipt, size, rng)
+    else:
+        raise ValueError(f"unknown synthetic task '{task}'; valid: {', '.join(TASKS)}")
+    record = {"task": task, "conversations": _conversation(pairs), "answers": [pairs[-1][1]]}
+    return record, image
+
+
+def write_synthetic_dataset(root: str | Path, config: SynthConfig = SynthConfig()) -> Path:
+    """Write all tasks and splits under `root`; returns the manifest path. Skips work if already there."""
+    root = Path(root)
+    manifest = root / "manifest.json"
+    settings = asdict(config)
+    if manifest.exists() and json.loads(manifest.read_text()) == settings:
+        return manifest
+    sizes = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
+    for task_index, task in enumerate(TASKS):
+        for split_index, split in enumerate(SPLITS):
+            rng = random.Random(config.seed * 1000 + task_index * 10 + split_index)
+            turns = config.train_turns if split == "train" else 1
+            image_dir = root / "images" / task / split
+            image_dir.mkdir(parents=True, exist_ok=True)
+            records = []
+            for i in range(sizes[split]):
+                record, image = sample_record(task, rng, turns, config.image_size)
+                record_id = f"{task}-{split}-{i:06d}"
+                relative = f"images/{task}/{split}/{record_id}.png"
+                image.save(root / relative)
+                records.append({"id": record_id, "image": relative, **record})
+            (root / task).mkdir(exist_ok=True)
+            (root / task / f"{split}.json").write_text(json.dumps(records, indent=1))
+    manifest.write_text(json.dumps(settings, indent=2))
+    return manifest
+
+
+def tokenizer_corpus(num_samples: int = 2000, seed: int = 0) -> list[str]:
+    """Texts of the synthetic tasks (conversations only, no images), to train a tiny tokenizer on."""
+    rng = random.Random(seed)
+    texts = []
+    for i in range(num_samples):
+        task = TASKS[i % len(TASKS)]
+        if task == "doc":
+            pairs = doc_pairs(sample_receipt(rng), rng, 2)
+        elif task == "vqa":
+            pairs = vqa_pairs(sample_scene(rng), rng, 2)
+        else:
+            pairs = [("Describe the image.", caption_of(sample_scene(rng)))]
+        texts.extend(turn["value"] for turn in _conversation(pairs))
+    texts.append("USER: ASSISTANT: system user assistant 0123456789")
+    return texts

@@ -1,0 +1,1 @@
+"""Evaluation: metrics and generation-based evaluation of a model on prompt datasets."""

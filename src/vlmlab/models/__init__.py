@@ -1,0 +1,1 @@
+"""Model components: vision encoders, connectors, language models and their composition."""

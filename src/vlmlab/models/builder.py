@@ -1,0 +1,49 @@
+"""Builds a `VisionLanguageModel` from the `model` config, injecting the dimensions the user never types."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from vlmlab.models.connectors.base import Connector
+from vlmlab.models.encoders.base import VisionEncoder
+from vlmlab.models.llms.language_model import LanguageModel
+from vlmlab.models.vlm import VisionLanguageModel
+
+log = logging.getLogger(__name__)
+
+
+def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, llm: LanguageModel) -> Connector:
+    """Call a connector class (or partial) with the encoder's and LLM's dims, checking the contract."""
+    name = getattr(factory, "func", factory)
+    try:
+        connector = factory(in_dim=encoder.output_dim, out_dim=llm.hidden_size, num_in_tokens=encoder.num_patches)
+    except TypeError as err:
+        raise TypeError(
+            f"connector {name} could not be built with in_dim, out_dim and num_in_tokens ({err}); a connector's "
+            "__init__ must accept these three (vlmlab passes them) and take its own options from its YAML"
+        ) from err
+    if not isinstance(connector, Connector):
+        raise TypeError(f"connector {name} must subclass vlmlab.models.connectors.Connector")
+    return connector
+
+
+def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:
+    """Instantiate encoder and LLM, then the connector between them (its YAML sets `_partial_: true`)."""
+    log.info("encoder: %s", model_cfg.encoder._target_)
+    encoder = instantiate(model_cfg.encoder)
+    log.info("llm: %s", model_cfg.llm._target_)
+    llm = instantiate(model_cfg.llm)
+    log.info("connector: %s", model_cfg.connector._target_)
+    connector = build_connector(instantiate(model_cfg.connector, _partial_=True), encoder, llm)
+    log.info(
+        "vision features %d x %d -> %d image tokens x %d",
+        encoder.num_patches,
+        encoder.output_dim,
+        connector.num_out_tokens,
+        llm.hidden_size,
+    )
+    return VisionLanguageModel(encoder, connector, llm)

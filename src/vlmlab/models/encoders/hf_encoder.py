@@ -1,0 +1,102 @@
+"""Vision encoders from transformers: CLIP, SigLIP and DINOv2 vision towers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
+    PretrainedConfig,
+    PreTrainedModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class _Family:
+    config_cls: type[PretrainedConfig]
+    model_cls: type[PreTrainedModel]
+    num_prefix_tokens: int  # CLS tokens in front of the patches
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+FAMILIES: dict[str, _Family] = {
+    "clip": _Family(CLIPVisionConfig, CLIPVisionModel, 1, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+    "siglip": _Family(SiglipVisionConfig, SiglipVisionModel, 0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "dinov2": _Family(Dinov2Config, Dinov2Model, 1, IMAGENET_MEAN, IMAGENET_STD),
+}
+
+
+class HFVisionEncoder(VisionEncoder):
+    """A transformers vision tower with LLaVA's feature choice.
+
+    Args:
+        family: `clip`, `siglip` or `dinov2`.
+        pretrained: hub id or local folder; `None` builds random weights from `config`.
+        config: config fields for a model built from scratch (tiny test models), or overrides.
+        feature_layer: index into the tower's hidden states (embeddings are 0), -2 as in LLaVA-1.5.
+        feature_select: `default` drops the CLS token, `full` keeps it (LLaVA's
+            `vision_feature_select_strategy`); SigLIP has no CLS so both are the same.
+        image_size: input size override; DINOv2 interpolates its position embeddings.
+        image_mean, image_std: normalisation overrides; the family's own values otherwise.
+    """
+
+    def __init__(
+        self,
+        family: Literal["clip", "siglip", "dinov2"],
+        pretrained: str | None = None,
+        config: dict[str, Any] | None = None,
+        feature_layer: int = -2,
+        feature_select: Literal["default", "full"] = "default",
+        image_size: int | None = None,
+        image_mean: tuple[float, float, float] | None = None,
+        image_std: tuple[float, float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if family not in FAMILIES:
+            raise ValueError(f"unknown vision family '{family}'; valid choices: {', '.join(FAMILIES)}")
+        if feature_select not in ("default", "full"):
+            raise ValueError(f"feature_select must be 'default' or 'full', got '{feature_select}'")
+        spec = FAMILIES[family]
+        if pretrained is not None:
+            self.model = spec.model_cls.from_pretrained(pretrained, **(config or {}))
+        else:
+            self.model = spec.model_cls(spec.config_cls(**(config or {})))
+        self.family = family
+        self.feature_layer = feature_layer
+        self.num_dropped_tokens = spec.num_prefix_tokens if feature_select == "default" else 0
+        size = image_size or self.model.config.image_size
+        self.preprocessing = ImagePreprocessing(
+            height=size,
+            width=size,
+            mean=tuple(image_mean or spec.mean),
+            std=tuple(image_std or spec.std),
+        )
+        # DINOv2 always interpolates its position embeddings; CLIP and SigLIP only when asked.
+        self._forward_kwargs = (
+            {"interpolate_pos_encoding": True} if family != "dinov2" and size != self.model.config.image_size else {}
+        )
+        self._probe_shapes()
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values, output_hidden_states=True, **self._forward_kwargs)
+        features = out.hidden_states[self.feature_layer]  # (B, prefix + N, d)
+        return features[:, self.num_dropped_tokens :]
+
+    def block_classes(self) -> set[type[torch.nn.Module]]:
+        names = set(getattr(self.model, "_no_split_modules", None) or [])
+        return {type(m) for m in self.model.modules() if type(m).__name__ in names}

@@ -1,0 +1,88 @@
+"""Vision encoders from timm: any `timm.create_model` name with `forward_intermediates`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+
+from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder
+
+
+class TimmVisionEncoder(VisionEncoder):
+    """Features of one block of a timm backbone.
+
+    Args:
+        model_name: a timm model name, e.g. `vit_large_patch14_clip_336.openai`.
+        pretrained: load timm's pretrained weights (from the hub, or from `checkpoint_path`).
+        checkpoint_path: a local weights file used instead of the hub when `pretrained` is true.
+        feature_layer: block whose output is used; negative counts from the end (-2 = penultimate, as LLaVA).
+        keep_prefix_tokens: keep CLS/register tokens in front of the patch tokens.
+        image_size: input size override (timm resizes position embeddings).
+        model_kwargs: extra constructor arguments (depth, embed_dim, patch_size, ... for tiny models).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        feature_layer: int = -2,
+        keep_prefix_tokens: bool = False,
+        image_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        kwargs = dict(model_kwargs or {})
+        if image_size is not None:
+            kwargs["img_size"] = image_size
+        if checkpoint_path is not None:
+            kwargs["pretrained_cfg_overlay"] = {"file": checkpoint_path}
+        self.model = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **kwargs)
+        if not hasattr(self.model, "forward_intermediates"):
+            raise ValueError(
+                f"timm model '{model_name}' has no forward_intermediates(), so vlmlab cannot take features "
+                "from a chosen block; pick a ViT, EVA, ConvNeXt or another timm model that has it."
+            )
+        self.feature_layer = feature_layer
+        self.keep_prefix_tokens = keep_prefix_tokens
+        data_config = timm.data.resolve_model_data_config(self.model)
+        _, height, width = data_config["input_size"]
+        # A size set at construction lives on the patch embedding; the pretrained config still says 224.
+        patch_embed_size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        if patch_embed_size is not None:
+            height, width = patch_embed_size
+        self.preprocessing = ImagePreprocessing(
+            height=height, width=width, mean=tuple(data_config["mean"]), std=tuple(data_config["std"])
+        )
+        try:
+            self._probe_shapes()
+        except AssertionError as err:  # timm asserts on an out-of-range block index
+            raise ValueError(
+                f"timm model '{model_name}': feature_layer={feature_layer} is not a valid block ({err})"
+            ) from err
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        (out,) = self.model.forward_intermediates(
+            pixel_values,
+            indices=[self.feature_layer],
+            return_prefix_tokens=self.keep_prefix_tokens,
+            norm=False,
+            stop_early=True,
+            output_fmt="NCHW",
+            intermediates_only=True,
+        )
+        prefix = None
+        if self.keep_prefix_tokens:
+            out, prefix = out
+        features = out.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major patches
+        if prefix is not None:
+            features = torch.cat([prefix, features], dim=1)
+        return features
+
+    def block_classes(self) -> set[type[torch.nn.Module]]:
+        blocks = getattr(self.model, "blocks", None) or getattr(self.model, "stages", None)
+        if blocks is None:
+            return set()
+        return {type(block) for block in blocks}

@@ -1,0 +1,119 @@
+"""`LanguageModel`: a causal LM, its tokenizer, the image placeholder token and the chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from vlmlab.models.llms.chat_templates import resolve_chat_template
+
+DEFAULT_IMAGE_TOKEN = "<image>"
+
+
+class LanguageModel(nn.Module):
+    """Wraps any `AutoModelForCausalLM` and its tokenizer.
+
+    Handles, in one place, the traps that differ between model families:
+    - the image placeholder is added as a special token, and the embedding matrix grows only when
+      the tokenizer outgrows it (Qwen's matrix already has spare rows);
+    - a tokenizer without a pad token pads with its UNK (LLaVA's choice for Vicuna) or EOS token;
+      padded positions are masked out of attention and loss, so the id itself never matters;
+    - the tokenizer's own chat template is used; `chat_template` applies only where it has none.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        chat_template: str | None = None,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_token = image_token
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        if image_token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        if tokenizer.chat_template is None:
+            if chat_template is None:
+                raise ValueError(
+                    f"the tokenizer of '{model.config.name_or_path or model.config.model_type}' has no chat "
+                    "template: set model.llm.chat_template to a template name (e.g. vicuna_v1, simple) or a "
+                    "Jinja string"
+                )
+            tokenizer.chat_template = resolve_chat_template(chat_template)
+        self.image_token_id: int = tokenizer.convert_tokens_to_ids(image_token)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
+        chat_template: str | None = None,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+    ) -> LanguageModel:
+        """Load weights and tokenizer from a hub id or a local folder."""
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+        )
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path)
+        return cls(model, tokenizer, chat_template=chat_template, image_token=image_token)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: dict[str, Any],
+        tokenizer: str | PreTrainedTokenizerBase,
+        chat_template: str | None = None,
+        image_token: str = DEFAULT_IMAGE_TOKEN,
+        attn_implementation: str = "sdpa",
+    ) -> LanguageModel:
+        """Random weights from a config dict (`model_type` plus its fields), e.g. a tiny Llama for tests.
+
+        `vocab_size` and the special token ids are taken from the tokenizer, so they cannot disagree.
+        """
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        fields = dict(config)
+        model_type = fields.pop("model_type")
+        fields.update(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model_config = AutoConfig.for_model(model_type, **fields)
+        model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn_implementation)
+        return cls(model, tokenizer, chat_template=chat_template, image_token=image_token)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.get_input_embeddings().embedding_dim
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def decoder_layer_classes(self) -> set[type[nn.Module]]:
+        """The decoder block classes (for FSDP auto-wrap and activation checkpointing)."""
+        names = set(getattr(self.model, "_no_split_modules", None) or [])
+        return {type(m) for m in self.model.modules() if type(m).__name__ in names}
+
+    def save_pretrained(self, directory: str) -> None:
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)

@@ -1,0 +1,94 @@
+"""MLflow runs of a curriculum: a parent run, one Lightning `MLFlowLogger` child run per stage.
+
+Every run carries the resolved config (as flattened params and as `config.yaml`), the git commit
+and, for a stage, its name. The store is whatever `tracking_uri` says (by default the sqlite file
+`mlflow.db` in the working directory, which `mlflow ui` opens).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.entities import Param
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+MAX_PARAM_LENGTH = 250  # MLflow's limit for a param value
+
+
+def git_commit(directory: str | Path = ".") -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, str]:
+    """`a.b.c` -> value strings, cut to MLflow's 250 characters (the YAML artifact keeps the full text)."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix.rstrip(".")] = str(node)[:MAX_PARAM_LENGTH]
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+class CurriculumTracker:
+    """Creates the parent run, hands out stage loggers, and logs final metrics on the parent."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str, artifact_location: str | None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.client = MlflowClient(tracking_uri)
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        self.experiment_id = (
+            experiment.experiment_id
+            if experiment is not None
+            else self.client.create_experiment(experiment_name, artifact_location=artifact_location)
+        )
+        self.artifact_location = artifact_location
+        self.commit = git_commit()
+        tags = {"mlflow.runName": run_name, "kind": "curriculum"}
+        if self.commit:
+            tags["mlflow.source.git.commit"] = self.commit
+        self.parent_run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+
+    def log_config(self, run_id: str, cfg: DictConfig) -> None:
+        params = flatten_config(cfg)
+        items = list(params.items())
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[start : start + 100]])
+        self.client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+    def stage_logger(self, stage: str, init_from: str | None) -> MLFlowLogger:
+        tags = {"mlflow.parentRunId": self.parent_run_id, "stage": stage, "init_from": init_from or "config"}
+        if self.commit:
+            tags["mlflow.source.git.commit"] = self.commit
+        return MLFlowLogger(
+            experiment_name=self.experiment_name,
+            run_name=stage,
+            tracking_uri=self.tracking_uri,
+            tags=tags,
+            artifact_location=self.artifact_location,
+        )
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.parent_run_id, key, value)
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.parent_run_id, str(path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.parent_run_id, status=status)

@@ -1,0 +1,88 @@
+"""`VLMTrainingModule`: one curriculum stage of a `VisionLanguageModel` as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.training.stage import PARTS, StageSpec
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norms and embeddings get no weight decay (the usual AdamW practice)."""
+    return param.ndim < 2 or "norm" in name.lower() or "embed" in name.lower()
+
+
+class VLMTrainingModule(L.LightningModule):
+    """Applies the stage's freeze policy, trains on answer tokens, and builds AdamW with one LR per part."""
+
+    def __init__(self, model: VisionLanguageModel, stage: StageSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.stage = stage
+        for part in PARTS:
+            getattr(model, part).requires_grad_(stage.train[part] != "frozen")
+        if stage.gradient_checkpointing:
+            model.llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def train(self, mode: bool = True) -> VLMTrainingModule:
+        """Frozen parts stay in eval mode (no dropout, fixed norm statistics) while the rest trains."""
+        super().train(mode)
+        for part in PARTS:
+            if self.stage.train[part] == "frozen":
+                getattr(self.model, part).eval()
+        return self
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        out = self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            labels=batch["labels"],
+        )
+        return out.loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"stage '{self.stage.name}': loss is {loss.item()} at step {self.global_step}; lower the learning "
+                "rate or check the batch"
+            )
+        batch_size = batch["input_ids"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/tokens", float(batch["attention_mask"].sum()), reduce_fx="sum", batch_size=batch_size)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = []
+        for part in PARTS:
+            if self.stage.train[part] == "frozen":
+                continue
+            named = [(n, p) for n, p in getattr(self.model, part).named_parameters() if p.requires_grad]
+            lr = self.stage.lr[part]
+            decay = [p for n, p in named if not _no_decay(n, p)]
+            no_decay = [p for n, p in named if _no_decay(n, p)]
+            groups.append({"params": decay, "lr": lr, "weight_decay": self.stage.weight_decay, "name": f"{part}"})
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{part}_no_decay"})
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = max(1, int(self.stage.warmup_ratio * total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,79 @@
+"""`StageSpec`: one curriculum stage, read and checked from its config before anything is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+
+PARTS = ("encoder", "connector", "llm")
+TRAIN_MODES = ("frozen", "full")
+
+
+@dataclass
+class StageSpec:
+    """What one stage trains, on what, and how (see conf/stage/*.yaml for every field's meaning)."""
+
+    name: str
+    mixture: dict[str, float]
+    train: dict[str, str]
+    lr: dict[str, float]
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_steps: int = -1
+    max_epochs: int = 1
+    batch_size: int = 32  # global: micro_batch_size x devices x nodes x accumulation
+    micro_batch_size: int = 32
+    gradient_clip_val: float | None = 1.0
+    precision: str = "32-true"
+    gradient_checkpointing: bool = False
+    val_check_interval: int | float | None = None
+
+    @classmethod
+    def from_config(cls, name: str, cfg: DictConfig, sources: list[str]) -> StageSpec:
+        fields = OmegaConf.to_container(cfg, resolve=True)
+        if not isinstance(fields, dict):
+            raise ValueError(f"curriculum stage '{name}' must be a mapping, got {fields!r}")
+        known = set(cls.__dataclass_fields__) - {"name"}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"stage '{name}' has unknown fields {unknown}; valid fields: {sorted(known)}")
+        spec = cls(name=name, **fields)
+        spec.validate(sources)
+        return spec
+
+    def validate(self, sources: list[str]) -> None:
+        where = f"curriculum stage '{self.name}'"
+        for part in PARTS:
+            mode = self.train.get(part)
+            if mode not in TRAIN_MODES:
+                raise ValueError(f"{where}: train.{part}={mode!r} is not one of {', '.join(TRAIN_MODES)}")
+            if mode != "frozen" and not self.lr.get(part):
+                raise ValueError(f"{where}: {part} trains ({mode}) but lr.{part} is not set")
+        if all(self.train[p] == "frozen" for p in PARTS):
+            raise ValueError(f"{where}: every part is frozen, nothing would train")
+        if not self.mixture:
+            raise ValueError(f"{where}: mixture is empty; name at least one data source ({', '.join(sources)})")
+        for source, weight in self.mixture.items():
+            if source not in sources:
+                raise ValueError(f"{where}: mixture names source '{source}'; the data config has {', '.join(sources)}")
+            if weight <= 0:
+                raise ValueError(f"{where}: mixture weight of '{source}' must be > 0, got {weight}")
+        if self.max_steps <= 0 and self.max_epochs <= 0:
+            raise ValueError(f"{where}: set max_steps or max_epochs to a positive number")
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"{where}: batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}"
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def accumulation(self, world_size: int) -> int:
+        """Gradient accumulation steps that make `batch_size` the global batch on `world_size` processes."""
+        per_step = self.micro_batch_size * world_size
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"stage '{self.name}': global batch_size={self.batch_size} is not divisible by "
+                f"micro_batch_size={self.micro_batch_size} x {world_size} processes"
+            )
+        return self.batch_size // per_step

@@ -1,0 +1,105 @@
+"""Every preset composes, every tiny preset builds, and bad choices fail early with the valid ones listed."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from vlmlab.config import config_dir, group_options, validate_config
+from vlmlab.models.builder import build_vlm
+from vlmlab.training.curriculum import stage_specs
+
+GROUPS = [
+    "model/encoder",
+    "model/connector",
+    "model/llm",
+    "data",
+    "stage",
+    "curriculum",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "experiment",
+]
+
+
+def test_every_group_has_presets() -> None:
+    for group in GROUPS:
+        assert group_options(group), f"conf/{group} has no presets"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={option}" for group in GROUPS if group != "stage" for option in group_options(group)],
+)
+def test_every_preset_composes(compose_config, override: str) -> None:
+    cfg = compose_config([override], fast=False)
+    assert OmegaConf.to_yaml(cfg)
+
+
+@pytest.mark.parametrize("stage", group_options("stage"))
+def test_every_stage_preset_validates(compose_config, stage: str) -> None:
+    cfg = compose_config([f"stage@curriculum.stages.align={stage}"], fast=False)
+    assert [s.name for s in stage_specs(cfg)] == ["align", "instruct"]
+
+
+@pytest.mark.parametrize("encoder", [o for o in group_options("model/encoder") if o.startswith("tiny_")])
+def test_every_tiny_encoder_builds_into_a_model(compose_config, encoder: str) -> None:
+    cfg = compose_config([f"model/encoder={encoder}"])
+    validate_config(cfg)
+    model = build_vlm(cfg.model)
+    assert model.connector.in_dim == model.encoder.output_dim
+    assert model.connector.out_dim == model.llm.hidden_size
+    assert model.connector.num_in_tokens == model.encoder.num_patches
+
+
+@pytest.mark.parametrize("connector", group_options("model/connector"))
+def test_every_connector_preset_builds(compose_config, connector: str) -> None:
+    model = build_vlm(compose_config([f"model/connector={connector}"]).model)
+    assert model.num_image_tokens == model.encoder.num_patches
+
+
+def test_demo_experiment_composes_with_its_curriculum(compose_config) -> None:
+    cfg = compose_config(["experiment=demo"], fast=False)
+    specs = stage_specs(cfg)
+    assert [s.name for s in specs] == ["align", "instruct"]
+    assert all(s.train == {"encoder": "full", "connector": "full", "llm": "full"} for s in specs)
+    assert cfg.experiment_name == "vlmlab-demo"
+
+
+def test_unknown_preset_lists_the_valid_choices(compose_config) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["model/connector=mlp3x"])
+    message = str(err.value.__cause__ or err.value)
+    assert "mlp3x" in message and "linear" in message and "mlp2x_gelu" in message
+
+
+def test_dot_instead_of_slash_is_caught(compose_config) -> None:
+    cfg = compose_config(["model.connector=mlp2x_gelu"])
+    with pytest.raises(ValueError, match="write model/connector=NAME \\(with a slash\\).*Presets: linear, mlp2x_gelu"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("curriculum.stages.align.train.llm=frozn", "train.llm='frozn' is not one of frozen, full"),
+        (
+            "+curriculum.stages.align.mixture.captions=1.0",
+            "mixture names source 'captions'; the data config has caption, vqa, doc",
+        ),
+        ("curriculum.stages.instruct.batch_size=10", "batch_size=10 is not a multiple of micro_batch_size=4"),
+        ("+curriculum.stages.align.learning_rate=0.1", "unknown fields \\['learning_rate'\\]"),
+        ("curriculum.stages.align.lr.encoder=null", "encoder trains \\(full\\) but lr.encoder is not set"),
+    ],
+)
+def test_bad_stage_values_fail_before_building(compose_config, override: str, message: str) -> None:
+    cfg = compose_config(["curriculum=demo", override])
+    with pytest.raises(ValueError, match=message):
+        stage_specs(cfg)
+
+
+def test_config_dir_is_the_checkout_conf() -> None:
+    assert (config_dir() / "train.yaml").is_file()

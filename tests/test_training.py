@@ -1,0 +1,91 @@
+"""Training: a real Trainer.fit whose loss falls, freeze policy, and a whole curriculum tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_model
+
+from vlmlab.models.builder import build_vlm
+from vlmlab.tracking.mlflow_runs import git_commit
+from vlmlab.training.curriculum import build_datamodule, run_curriculum, stage_specs
+from vlmlab.training.module import VLMTrainingModule, warmup_cosine
+
+
+def test_warmup_cosine_schedule() -> None:
+    assert warmup_cosine(0, 10, 100) == 0.1
+    assert warmup_cosine(9, 10, 100) == 1.0
+    assert abs(warmup_cosine(55, 10, 100) - 0.5) < 1e-9
+    assert warmup_cosine(100, 10, 100) == 0.0
+
+
+def test_fit_lowers_the_loss_and_respects_the_freeze_policy(compose_config) -> None:
+    stage = "curriculum.stages.align"
+    cfg = compose_config([f"{stage}.train.llm=full", f"{stage}.lr.llm=3e-3", f"{stage}.lr.connector=3e-3"])
+    L.seed_everything(0)
+    model = build_vlm(cfg.model)
+    spec = stage_specs(cfg)[0]  # encoder frozen; connector and LLM train
+    encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    connector_before = {k: v.clone() for k, v in model.connector.state_dict().items()}
+    datamodule = build_datamodule(cfg, model, spec.mixture, spec.micro_batch_size)
+    datamodule.prepare_data()
+    fixed_batch = next(iter(datamodule.train_dataloader()))
+    module = VLMTrainingModule(model, spec)
+    with torch.no_grad():
+        before = module._loss(fixed_batch).item()
+    trainer = L.Trainer(
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    module.eval()
+    with torch.no_grad():
+        after = module._loss(fixed_batch).item()
+    assert after < 0.8 * before, (before, after)
+    assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert any(not torch.equal(v, model.connector.state_dict()[k]) for k, v in connector_before.items())
+    assert not model.encoder.training  # frozen parts stay in eval mode
+
+
+def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> None:
+    cfg = compose_config(["experiment_name=curriculum-test", "run_name=two-stages"])
+    metrics = run_curriculum(cfg)
+    for source in ("caption", "vqa", "doc"):
+        assert 0.0 <= metrics[f"test/{source}/accuracy"] <= 1.0
+        assert f"test/{source}/blind_accuracy" in metrics
+    run_dir = Path(cfg.paths.output_dir)
+    state = json.loads((run_dir / "curriculum_state.json").read_text())
+    assert list(state["stages"]) == ["align", "instruct"]
+    assert all(s["status"] == "done" and s["global_step"] == 3 for s in state["stages"].values())
+
+    # The final weights on disk are the trained model's.
+    model = build_vlm(cfg.model)
+    load_model(model, state["stages"]["instruct"]["weights"])
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("curriculum-test")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.info.run_name == "two-stages")
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"align", "instruct"}
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["test/vqa/accuracy"] == metrics["test/vqa/accuracy"]
+    assert parent.data.params["model.connector._target_"] == "vlmlab.models.connectors.MLPConnector"
+    assert children["instruct"].data.tags["init_from"] == state["stages"]["align"]["weights"]
+    assert children["align"].data.tags["init_from"] == "config"
+    assert "train/loss" in children["align"].data.metrics and "val/loss" in children["instruct"].data.metrics
+    assert children["align"].data.params["curriculum.stages.align.lr.connector"] == "0.001"
+    artifacts = {a.path for a in client.list_artifacts(children["align"].info.run_id)}
+    assert "config.yaml" in artifacts
+    config_text = Path(client.download_artifacts(parent.info.run_id, "config.yaml")).read_text()
+    assert "mlp2x_gelu" in config_text or "MLPConnector" in config_text
+    assert parent.data.tags["mlflow.source.git.commit"] == git_commit()  # the tests run inside a git checkout
+    assert len(git_commit()) == 40
