@@ -15,11 +15,10 @@ from vlmlab.config import config_dir
 from vlmlab.data.synthetic import SynthConfig, tokenizer_corpus, write_synthetic_dataset
 from vlmlab.models.llms.tiny_tokenizer import train_tiny_tokenizer
 
-TINY_SYNTH = SynthConfig(seed=0, image_size=32, num_train=48, num_val=8, num_test=8, train_turns=2)
+TINY_SYNTH = SynthConfig(seed=0, image_size=48, num_train=48, num_val=8, num_test=8, train_turns=2)
 
-# Shrinks the default (demo-sized) run to seconds: 32px images, 4 patches, a few steps per stage.
+# Shrinks the default (demo-sized) run to seconds: a narrow one-layer LLM, 48px data, a few steps per stage.
 FAST_OVERRIDES = [
-    "model.encoder.image_size=32",
     "model.llm.config.hidden_size=32",
     "model.llm.config.intermediate_size=64",
     "model.llm.config.num_hidden_layers=1",

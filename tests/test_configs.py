@@ -67,6 +67,7 @@ def test_demo_experiment_composes_with_its_curriculum(compose_config) -> None:
     assert [s.name for s in specs] == ["align", "instruct"]
     assert all(s.train == {"encoder": "full", "connector": "full", "llm": "full"} for s in specs)
     assert cfg.experiment_name == "vlmlab-demo"
+    assert cfg.data.mixtures.instruct == {"vqa": 1.0, "doc": 1.0, "caption": 0.3}
 
 
 def test_unknown_preset_lists_the_valid_choices(compose_config) -> None:
@@ -87,8 +88,8 @@ def test_dot_instead_of_slash_is_caught(compose_config) -> None:
     [
         ("curriculum.stages.align.train.llm=frozn", "train.llm='frozn' is not one of frozen, full"),
         (
-            "+curriculum.stages.align.mixture.captions=1.0",
-            "mixture names source 'captions'; the data config has caption, vqa, doc",
+            "curriculum.stages.align.mixture=captions",
+            "mixture 'captions' is not in data.mixtures \\(align, instruct\\)",
         ),
         ("curriculum.stages.instruct.batch_size=10", "batch_size=10 is not a multiple of micro_batch_size=4"),
         ("+curriculum.stages.align.learning_rate=0.1", "unknown fields \\['learning_rate'\\]"),
@@ -99,6 +100,22 @@ def test_bad_stage_values_fail_before_building(compose_config, override: str, me
     cfg = compose_config(["curriculum=demo", override])
     with pytest.raises(ValueError, match=message):
         stage_specs(cfg)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "+data.mixtures.instruct.charts=1.0",
+            "data.mixtures.instruct names source 'charts'; the data config has caption, vqa, doc",
+        ),
+        ("data.mixtures.align.caption=0", "data.mixtures.align.caption must be > 0, got 0"),
+        ("data.image_resize=pad", "data.image_resize='pad' is not one of resize, letterbox, resize_crop"),
+    ],
+)
+def test_bad_data_values_are_caught(compose_config, override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_config(compose_config([override]))
 
 
 def test_config_dir_is_the_checkout_conf() -> None:

@@ -11,6 +11,7 @@ from PIL import Image
 from vlmlab.cli.data import main as data_main
 from vlmlab.data.synthetic import (
     COLORS,
+    GRID,
     POSITIONS,
     SPLITS,
     TASKS,
@@ -86,12 +87,10 @@ def test_colour_answers_are_drawn_in_the_named_cell(synth_root: Path) -> None:
                     continue
                 position = next(p for p in POSITIONS if p in text)
                 image = Image.open(synth_root / record["image"]).convert("RGB")
-                half = image.width // 2
-                index = POSITIONS.index(position)
-                cell = image.crop(
-                    ((index % 2) * half, (index // 2) * half, (index % 2 + 1) * half, (index // 2 + 1) * half)
-                )
-                assert COLORS[answer["value"]] in {c for _, c in cell.getcolors(half * half)}, record["id"]
+                side = image.width // GRID
+                row, column = divmod(POSITIONS.index(position), GRID)
+                cell = image.crop((column * side, row * side, (column + 1) * side, (row + 1) * side))
+                assert COLORS[answer["value"]] in {c for _, c in cell.getcolors(side * side)}, record["id"]
                 checked += 1
     assert checked > 5
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_model
 
 from vlmlab.models.builder import build_vlm
 from vlmlab.tracking.mlflow_runs import git_commit
-from vlmlab.training.curriculum import build_datamodule, run_curriculum, stage_specs
+from vlmlab.training.curriculum import build_datamodule, mixture_weights, run_curriculum, stage_specs
 from vlmlab.training.module import VLMTrainingModule, warmup_cosine
 
 
@@ -31,7 +31,7 @@ def test_fit_lowers_the_loss_and_respects_the_freeze_policy(compose_config) -> N
     spec = stage_specs(cfg)[0]  # encoder frozen; connector and LLM train
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     connector_before = {k: v.clone() for k, v in model.connector.state_dict().items()}
-    datamodule = build_datamodule(cfg, model, spec.mixture, spec.micro_batch_size)
+    datamodule = build_datamodule(cfg, model, mixture_weights(cfg, spec), spec.micro_batch_size)
     datamodule.prepare_data()
     fixed_batch = next(iter(datamodule.train_dataloader()))
     module = VLMTrainingModule(model, spec)

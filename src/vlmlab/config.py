@@ -40,5 +40,15 @@ def validate_config(cfg: DictConfig) -> None:
     for name, source in sources.items():
         if "task" not in source or "train" not in source:
             raise ValueError(f"data source '{name}' needs at least 'task' and 'train' (a LLaVA-format JSON file)")
+    for mixture, weights in (cfg.data.get("mixtures") or {}).items():
+        if not weights:
+            raise ValueError(f"data.mixtures.{mixture} is empty; give it at least one source: weight")
+        for source, weight in weights.items():
+            if source not in sources:
+                raise ValueError(
+                    f"data.mixtures.{mixture} names source '{source}'; the data config has {', '.join(sources)}"
+                )
+            if weight <= 0:
+                raise ValueError(f"data.mixtures.{mixture}.{source} must be > 0, got {weight}")
     if cfg.data.image_resize not in ("resize", "letterbox", "resize_crop"):
         raise ValueError(f"data.image_resize={cfg.data.image_resize!r} is not one of resize, letterbox, resize_crop")

@@ -1,6 +1,8 @@
 """Synthetic image-grounded tasks that no hub serves: captioning, VQA and document QA.
 
-Every answer can only be read from the image (the blind baseline shows it). The output is the
+Every answer can only be read from the image (the blind baseline shows it). Scenes and documents
+are drawn on a 3x3 grid of cells (one shape or one character per cell), so at 96 px a ViT with
+32 px patches sees each cell as one patch. The output is the
 LLaVA on-disk format: PNG images plus JSON lists of records with `id`, `image` and
 `conversations`; vlmlab adds `task` and, for evaluation, `answers` (the accepted answers).
 
@@ -29,7 +31,12 @@ COLORS = {
     "purple": (150, 60, 190),
 }
 SHAPES = ("circle", "square", "triangle")
-POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+GRID = 3  # cells per side
+POSITIONS = (
+    "top left", "top middle", "top right",
+    "middle left", "center", "middle right",
+    "bottom left", "bottom middle", "bottom right",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,15 +77,17 @@ def sample_receipt(rng: random.Random) -> Receipt:
 
 
 def render_scene(objects: list[ShapeObject], size: int, rng: random.Random) -> Image.Image:
-    image = Image.new("RGB", (size, size), (235, 235, 235))
+    # A mid-grey background keeps colour, not just "something is here", the largest difference a shape makes.
+    image = Image.new("RGB", (size, size), (128, 128, 128))
     draw = ImageDraw.Draw(image)
-    cell = size // 2
+    cell = size // GRID
     for obj in objects:
         index = POSITIONS.index(obj.position)
-        x0, y0 = (index % 2) * cell, (index // 2) * cell
-        extent = rng.randint(cell * 5 // 10, cell * 8 // 10)
-        left = x0 + rng.randint(2, cell - extent - 2)
-        top = y0 + rng.randint(2, cell - extent - 2)
+        x0, y0 = (index % GRID) * cell, (index // GRID) * cell
+        extent = rng.randint(cell * 6 // 10, cell * 8 // 10)
+        margin = max(1, cell // 16)
+        left = x0 + rng.randint(margin, cell - extent - margin)
+        top = y0 + rng.randint(margin, cell - extent - margin)
         box = (left, top, left + extent, top + extent)
         fill = COLORS[obj.color]
         if obj.shape == "circle":
@@ -91,17 +100,17 @@ def render_scene(objects: list[ShapeObject], size: int, rng: random.Random) -> I
 
 
 def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> Image.Image:
-    """A form with two labelled lines, `QTY n` in the upper half and `TOT nn` in the lower half, on a
-    grid of `size // 6` pixel character cells (one character per cell, so at 96px the text sits on a
-    16px ViT patch grid); rows and indentation vary."""
+    """A receipt stub: a total line `$nn` and a quantity line `xn` in two of the three rows, in
+    random order, one character per grid cell. Which line is which can only be told by reading it."""
     image = Image.new("RGB", (size, size), (250, 250, 245))
     draw = ImageDraw.Draw(image)
-    cell = size // 6
-    font = ImageFont.load_default(size=cell - 2)
-    lines = [f"QTY {receipt.items}", f"TOT {receipt.total}"]
-    rows = [rng.randint(0, 2), rng.randint(3, 5)]
+    cell = size // GRID
+    font = ImageFont.load_default(size=cell * 8 // 10)
+    lines = [f"${receipt.total}", f"x{receipt.items}"]
+    rows = sorted(rng.sample(range(GRID), 2))
+    rng.shuffle(lines)
     for row, line in zip(rows, lines):
-        column = rng.randint(0, 6 - len(line))
+        column = rng.randint(0, GRID - len(line))
         for i, char in enumerate(line):
             center = ((column + i) * cell + cell / 2, row * cell + cell / 2)
             draw.text(center, char, fill=(20, 20, 20), font=font, anchor="mm")

@@ -32,12 +32,16 @@ log = logging.getLogger(__name__)
 
 
 def stage_specs(cfg: DictConfig) -> list[StageSpec]:
-    """Every stage of `cfg.curriculum.stages`, in order, checked against the data sources."""
-    sources = list(cfg.data.sources)
+    """Every stage of `cfg.curriculum.stages`, in order, checked against the data config's mixtures."""
+    mixtures = OmegaConf.to_container(cfg.data.get("mixtures") or {}, resolve=True)
     stages = cfg.curriculum.stages
     if not stages:
         raise ValueError("curriculum.stages is empty: choose a curriculum (e.g. curriculum=llava) or add a stage")
-    return [StageSpec.from_config(name, stage, sources) for name, stage in stages.items()]
+    return [StageSpec.from_config(name, stage, mixtures) for name, stage in stages.items()]
+
+
+def mixture_weights(cfg: DictConfig, stage: StageSpec) -> dict[str, float]:
+    return OmegaConf.to_container(cfg.data.mixtures[stage.mixture], resolve=True)
 
 
 def build_datamodule(
@@ -63,6 +67,8 @@ def build_datamodule(
 
 def build_trainer(cfg: DictConfig, stage: StageSpec, stage_dir: Path, logger: Any) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if logger is None:  # LearningRateMonitor refuses to run without a logger; with `~logger` it has nothing to do
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
     for callback in callbacks:
         if isinstance(callback, L.pytorch.callbacks.ModelCheckpoint) and callback.dirpath is None:
             callback.dirpath = str(stage_dir / "checkpoints")
@@ -119,9 +125,10 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
     datamodule = None
     try:
         for spec in specs:
-            log.info("stage '%s': train %s on %s", spec.name, spec.train, spec.mixture)
+            mixture = mixture_weights(cfg, spec)
+            log.info("stage '%s': train %s on %s", spec.name, spec.train, mixture)
             stage_dir = run_dir / "stages" / spec.name
-            datamodule = build_datamodule(cfg, model, spec.mixture, spec.micro_batch_size)
+            datamodule = build_datamodule(cfg, model, mixture, spec.micro_batch_size)
             logger = tracker.stage_logger(spec.name, init_from) if tracker is not None else None
             if logger is not None:
                 tracker.log_config(logger.run_id, cfg)

@@ -15,7 +15,7 @@ class StageSpec:
     """What one stage trains, on what, and how (see conf/stage/*.yaml for every field's meaning)."""
 
     name: str
-    mixture: dict[str, float]
+    mixture: str
     train: dict[str, str]
     lr: dict[str, float]
     weight_decay: float = 0.0
@@ -30,7 +30,7 @@ class StageSpec:
     val_check_interval: int | float | None = None
 
     @classmethod
-    def from_config(cls, name: str, cfg: DictConfig, sources: list[str]) -> StageSpec:
+    def from_config(cls, name: str, cfg: DictConfig, mixtures: dict[str, dict[str, float]]) -> StageSpec:
         fields = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(fields, dict):
             raise ValueError(f"curriculum stage '{name}' must be a mapping, got {fields!r}")
@@ -39,10 +39,10 @@ class StageSpec:
         if unknown:
             raise ValueError(f"stage '{name}' has unknown fields {unknown}; valid fields: {sorted(known)}")
         spec = cls(name=name, **fields)
-        spec.validate(sources)
+        spec.validate(mixtures)
         return spec
 
-    def validate(self, sources: list[str]) -> None:
+    def validate(self, mixtures: dict[str, dict[str, float]]) -> None:
         where = f"curriculum stage '{self.name}'"
         for part in PARTS:
             mode = self.train.get(part)
@@ -52,13 +52,11 @@ class StageSpec:
                 raise ValueError(f"{where}: {part} trains ({mode}) but lr.{part} is not set")
         if all(self.train[p] == "frozen" for p in PARTS):
             raise ValueError(f"{where}: every part is frozen, nothing would train")
-        if not self.mixture:
-            raise ValueError(f"{where}: mixture is empty; name at least one data source ({', '.join(sources)})")
-        for source, weight in self.mixture.items():
-            if source not in sources:
-                raise ValueError(f"{where}: mixture names source '{source}'; the data config has {', '.join(sources)}")
-            if weight <= 0:
-                raise ValueError(f"{where}: mixture weight of '{source}' must be > 0, got {weight}")
+        if self.mixture not in mixtures:
+            raise ValueError(
+                f"{where}: mixture '{self.mixture}' is not in data.mixtures ({', '.join(mixtures) or 'none'}); "
+                "name one of them or add it to the data config"
+            )
         if self.max_steps <= 0 and self.max_epochs <= 0:
             raise ValueError(f"{where}: set max_steps or max_epochs to a positive number")
         if self.batch_size % self.micro_batch_size:
