@@ -30,6 +30,7 @@ FAST_OVERRIDES = [
     f"data.synthetic.num_train={TINY_SYNTH.num_train}",
     f"data.synthetic.num_val={TINY_SYNTH.num_val}",
     f"data.synthetic.num_test={TINY_SYNTH.num_test}",
+    f"data.synthetic.train_turns={TINY_SYNTH.train_turns}",
     "curriculum.stages.align.max_steps=3",
     "curriculum.stages.align.batch_size=8",
     "curriculum.stages.align.micro_batch_size=8",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
 from PIL import Image
@@ -15,8 +16,10 @@ from vlmlab.data.synthetic import (
     POSITIONS,
     SPLITS,
     TASKS,
+    ShapeObject,
     SynthConfig,
     tokenizer_corpus,
+    vqa_pairs,
     write_synthetic_dataset,
 )
 
@@ -98,3 +101,11 @@ def test_colour_answers_are_drawn_in_the_named_cell(synth_root: Path) -> None:
 def test_tokenizer_corpus_is_reproducible() -> None:
     assert tokenizer_corpus(30, seed=1) == tokenizer_corpus(30, seed=1)
     assert tokenizer_corpus(30, seed=1) != tokenizer_corpus(30, seed=2)
+
+
+def test_vqa_pairs_never_asks_more_than_exists() -> None:
+    rng = random.Random(0)
+    scene = [ShapeObject("red", "circle", "center")]
+    pairs = vqa_pairs(scene, rng, 10)
+    assert len(pairs) == len(set(pairs)) == 4
+    assert ("How many shapes are there?", "1") in pairs and ("Where is the red shape?", "center") in pairs

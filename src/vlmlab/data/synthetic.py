@@ -48,7 +48,7 @@ class SynthConfig:
     num_train: int = 3000  # images per task
     num_val: int = 100
     num_test: int = 300
-    train_turns: int = 2  # questions per training image (multi-turn conversations)
+    train_turns: int = 4  # questions per training image (multi-turn conversations)
 
 
 @dataclass(frozen=True)
@@ -77,32 +77,38 @@ def sample_receipt(rng: random.Random) -> Receipt:
 
 
 def render_scene(objects: list[ShapeObject], size: int, rng: random.Random) -> Image.Image:
-    # A mid-grey background keeps colour, not just "something is here", the largest difference a shape makes.
+    # Mid-grey background (about zero after normalisation), so a shape's colour sets the direction
+    # of its patch features. A white outline gives each shape a colour-independent pattern of its own:
+    # filled shapes alone differ mostly in area, i.e. in feature length, which RMSNorm erases.
     image = Image.new("RGB", (size, size), (128, 128, 128))
     draw = ImageDraw.Draw(image)
     cell = size // GRID
     for obj in objects:
         index = POSITIONS.index(obj.position)
         x0, y0 = (index % GRID) * cell, (index // GRID) * cell
-        extent = rng.randint(cell * 6 // 10, cell * 8 // 10)
-        margin = max(1, cell // 16)
-        left = x0 + rng.randint(margin, cell - extent - margin)
-        top = y0 + rng.randint(margin, cell - extent - margin)
+        # Centred at a fixed size, each shape is one fixed pattern per cell: a tiny encoder trained
+        # from scratch separates shapes as easily as colours.
+        extent = cell * 3 // 4
+        left = x0 + (cell - extent) // 2
+        top = y0 + (cell - extent) // 2
         box = (left, top, left + extent, top + extent)
         fill = COLORS[obj.color]
+        style = {"fill": fill, "outline": (255, 255, 255), "width": max(1, cell // 12)}
         if obj.shape == "circle":
-            draw.ellipse(box, fill=fill)
+            draw.ellipse(box, **style)
         elif obj.shape == "square":
-            draw.rectangle(box, fill=fill)
+            draw.rectangle(box, **style)
         else:
-            draw.polygon([(left + extent / 2, top), (left, top + extent), (left + extent, top + extent)], fill=fill)
+            draw.polygon([(left + extent / 2, top), (left, top + extent), (left + extent, top + extent)], **style)
     return image
 
 
 def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> Image.Image:
     """A receipt stub: a total line `$nn` and a quantity line `xn` in two of the three rows, in
-    random order, one character per grid cell. Which line is which can only be told by reading it."""
-    image = Image.new("RGB", (size, size), (250, 250, 245))
+    random order, one character per grid cell. Which line is which can only be told by reading it.
+    Light text on mid-grey (about zero after normalisation) makes each glyph's own strokes, not the
+    paper, the bulk of its patch's features."""
+    image = Image.new("RGB", (size, size), (128, 128, 128))
     draw = ImageDraw.Draw(image)
     cell = size // GRID
     font = ImageFont.load_default(size=cell * 8 // 10)
@@ -113,7 +119,9 @@ def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> Image.Ima
         column = rng.randint(0, GRID - len(line))
         for i, char in enumerate(line):
             center = ((column + i) * cell + cell / 2, row * cell + cell / 2)
-            draw.text(center, char, fill=(20, 20, 20), font=font, anchor="mm")
+            draw.text(
+                center, char, fill=(255, 255, 255), font=font, anchor="mm", stroke_width=1, stroke_fill=(255, 255, 255)
+            )
     return image
 
 
@@ -124,7 +132,9 @@ def caption_of(objects: list[ShapeObject]) -> str:
 
 
 def vqa_pairs(objects: list[ShapeObject], rng: random.Random, count: int) -> list[tuple[str, str]]:
-    """`count` distinct question/answer pairs about the scene, one question type drawn at a time."""
+    """`count` distinct question/answer pairs about the scene (at most as many as exist), one question
+    type drawn at a time."""
+    count = min(count, 1 + 3 * len(objects))  # the count question plus colour, shape, position per object
     pairs: list[tuple[str, str]] = []
     while len(pairs) < count:
         obj = rng.choice(objects)
