@@ -77,3 +77,11 @@ def test_hf_encoder_rejects_unknown_family() -> None:
 def test_timm_encoder_rejects_a_missing_block() -> None:
     with pytest.raises(ValueError, match="feature_layer=-5 is not a valid block"):
         TimmVisionEncoder("vit_tiny_patch16_224", image_size=32, feature_layer=-5, model_kwargs=TINY_VIT)
+
+
+def test_block_classes_name_the_transformer_blocks() -> None:
+    timm_encoder = TimmVisionEncoder("vit_tiny_patch16_224", image_size=32, model_kwargs=TINY_VIT)
+    assert {c.__name__ for c in timm_encoder.block_classes()} == {"Block"}
+    expected = {"clip": "CLIPEncoderLayer", "siglip": "SiglipEncoderLayer", "dinov2": "Dinov2Layer"}
+    for family, name in expected.items():
+        assert {c.__name__ for c in HFVisionEncoder(family, config=TINY_HF).block_classes()} == {name}

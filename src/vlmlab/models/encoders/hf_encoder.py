@@ -17,6 +17,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from vlmlab.models.blocks import repeated_block_classes
 from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -98,5 +99,4 @@ class HFVisionEncoder(VisionEncoder):
         return features[:, self.num_dropped_tokens :]
 
     def block_classes(self) -> set[type[torch.nn.Module]]:
-        names = set(getattr(self.model, "_no_split_modules", None) or [])
-        return {type(m) for m in self.model.modules() if type(m).__name__ in names}
+        return repeated_block_classes(self.model)

@@ -14,6 +14,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from vlmlab.models.blocks import repeated_block_classes
 from vlmlab.models.llms.chat_templates import resolve_chat_template
 
 DEFAULT_IMAGE_TOKEN = "<image>"
@@ -111,9 +112,4 @@ class LanguageModel(nn.Module):
 
     def decoder_layer_classes(self) -> set[type[nn.Module]]:
         """The decoder block classes (for FSDP auto-wrap and activation checkpointing)."""
-        names = set(getattr(self.model, "_no_split_modules", None) or [])
-        return {type(m) for m in self.model.modules() if type(m).__name__ in names}
-
-    def save_pretrained(self, directory: str) -> None:
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        return repeated_block_classes(self.model)
