@@ -128,3 +128,14 @@ def test_mixture_sampler_weights_and_determinism() -> None:
     assert list(MixtureSampler([10, 20], [2.5, 0.5], seed=1)) == indices
     sampler.set_epoch(1)
     assert list(sampler) != indices
+
+
+def test_prompts_keep_references_or_fall_back_to_the_last_answer(tmp_path: Path, formatter: ChatFormatter) -> None:
+    records = [dict(RECORDS[2], answers=["blue", "navy"]), RECORDS[2]]
+    path = write_records(tmp_path, records)
+    dataset = ConversationDataset(
+        load_records(path), tmp_path, formatter, ImageProcessor(PREP), task="t", prompt_only=True
+    )
+    assert dataset[0]["answers"] == ["blue", "navy"]
+    assert dataset[1]["answers"] == ["blue"]
+    assert "labels" not in dataset[1]

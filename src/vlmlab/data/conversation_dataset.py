@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError
+from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
 from vlmlab.data.image_processing import ImageProcessor
 
 
@@ -89,7 +89,10 @@ class ConversationDataset(Dataset):
                 f"has {len(paths)} images; each image needs exactly one placeholder",
             )
         if self.prompt_only:
-            sample = {"input_ids": self.formatter.encode_prompt(conversations), "answers": record.get("answers")}
+            # References: the record's `answers` (all accepted answers) or else its last answer turn.
+            last = to_messages(conversations)[-1]
+            answers = record.get("answers") or ([last["content"]] if last["role"] == "assistant" else [])
+            sample = {"input_ids": self.formatter.encode_prompt(conversations), "answers": answers}
         else:
             encoded = self.formatter.encode(conversations)
             sample = {"input_ids": encoded.input_ids, "labels": encoded.labels}
