@@ -139,3 +139,16 @@ def test_prompts_keep_references_or_fall_back_to_the_last_answer(tmp_path: Path,
     assert dataset[0]["answers"] == ["blue", "navy"]
     assert dataset[1]["answers"] == ["blue"]
     assert "labels" not in dataset[1]
+
+
+def test_skip_policy_drops_counts_and_keeps_the_rest(tmp_path: Path, formatter: ChatFormatter) -> None:
+    bad = {"id": "bad", "image": "missing.png", "conversations": RECORDS[2]["conversations"]}
+    path = write_records(tmp_path, [RECORDS[2], bad, RECORDS[1]])
+    dataset = ConversationDataset(
+        load_records(path), tmp_path, formatter, ImageProcessor(PREP), task="t", on_bad_record="skip"
+    )
+    assert dataset[1] == {"skipped": "bad_image"}
+    batch = collate([dataset[i] for i in range(3)], pad_token_id=formatter.tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 2 and batch["ids"] == ["one", "text"]
+    assert batch["skipped"] == {"bad_image": 1}
+    assert collate([dataset[1], dataset[1]], pad_token_id=0) == {"skipped": {"bad_image": 2}}

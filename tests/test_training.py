@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_model
 
+from vlmlab.data.chat_format import SampleError
 from vlmlab.models.builder import build_vlm
 from vlmlab.tracking.mlflow_runs import git_commit
 from vlmlab.training.curriculum import build_datamodule, mixture_weights, run_curriculum, stage_specs
@@ -89,3 +92,25 @@ def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> Non
     assert "mlp2x_gelu" in config_text or "MLPConnector" in config_text
     assert parent.data.tags["mlflow.source.git.commit"] == git_commit()  # the tests run inside a git checkout
     assert len(git_commit()) == 40
+
+
+def test_bad_records_are_skipped_counted_and_logged(
+    compose_config, synth_root: Path, tmp_path: Path, mlflow_uri: str
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    captions = json.loads((data / "caption" / "train.json").read_text())
+    for record in captions[::2]:  # half of the align stage's images are gone
+        (data / record["image"]).unlink()
+    cfg = compose_config([f"data.root={data}", "experiment_name=skips", "eval.enabled=false"])
+    run_curriculum(cfg)
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("skips").experiment_id])
+    align = next(r for r in runs if r.data.tags.get("stage") == "align")
+    assert align.data.metrics["data/skipped/bad_image"] >= 1
+    assert align.data.metrics["train/loss"] > 0
+
+    with pytest.raises(
+        SampleError, match="record 'caption-train-[0-9]+'.*cannot be read.*check the source's image_root"
+    ):
+        run_curriculum(compose_config([f"data.root={data}", "data.on_bad_record=raise", "experiment_name=raises"]))

@@ -50,5 +50,7 @@ def validate_config(cfg: DictConfig) -> None:
                 )
             if weight <= 0:
                 raise ValueError(f"data.mixtures.{mixture}.{source} must be > 0, got {weight}")
+    if cfg.data.on_bad_record not in ("raise", "skip"):
+        raise ValueError(f"data.on_bad_record={cfg.data.on_bad_record!r} is not one of raise, skip")
     if cfg.data.image_resize not in ("resize", "letterbox", "resize_crop"):
         raise ValueError(f"data.image_resize={cfg.data.image_resize!r} is not one of resize, letterbox, resize_crop")

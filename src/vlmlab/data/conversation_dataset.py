@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -13,6 +15,10 @@ from torch.utils.data import Dataset
 
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
 from vlmlab.data.image_processing import ImageProcessor
+
+log = logging.getLogger(__name__)
+
+BadRecordPolicy = Literal["raise", "skip"]
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
@@ -39,6 +45,8 @@ class ConversationDataset(Dataset):
 
     `prompt_only=True` encodes the conversation up to its last answer (for generation) and keeps
     the record's reference `answers`; `blank_images=True` replaces every image by a blank one.
+    `on_bad_record="skip"` turns a record that cannot become a sample into a logged marker
+    `{"skipped": reason}` that `collate` drops and counts; `"raise"` stops with the record named.
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class ConversationDataset(Dataset):
         source: str = "",
         prompt_only: bool = False,
         blank_images: bool = False,
+        on_bad_record: BadRecordPolicy = "raise",
     ) -> None:
         self.records = records
         self.image_root = Path(image_root)
@@ -60,6 +69,7 @@ class ConversationDataset(Dataset):
         self.source = source or task
         self.prompt_only = prompt_only
         self.blank_images = blank_images
+        self.on_bad_record = on_bad_record
 
     def __len__(self) -> int:
         return len(self.records)
@@ -72,7 +82,9 @@ class ConversationDataset(Dataset):
             with Image.open(path) as image:
                 return self.image_processor(image)
         except (OSError, ValueError) as err:
-            raise SampleError("bad_image", f"image {path} cannot be read ({err})") from err
+            raise SampleError(
+                "bad_image", f"image {path} cannot be read ({err}); check the source's image_root and the file"
+            ) from err
 
     def encode(self, record: dict[str, Any]) -> dict[str, Any]:
         conversations = record.get("conversations")
@@ -106,13 +118,23 @@ class ConversationDataset(Dataset):
         try:
             return self.encode(record)
         except SampleError as err:
-            raise SampleError(
-                err.reason, f"source '{self.source}', record {record.get('id', f'#{index}')!r}: {err}"
-            ) from err
+            message = f"source '{self.source}', record {record.get('id', f'#{index}')!r}: {err}"
+            if self.on_bad_record == "skip":
+                log.warning("skipping a bad record (%s) - %s", err.reason, message)
+                return {"skipped": err.reason}
+            raise SampleError(err.reason, message) from err
 
 
 def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
-    """Pad to the longest sample (right for training, left for generation) and stack all images in order."""
+    """Pad to the longest sample (right for training, left for generation) and stack all images in order.
+
+    Skipped records are dropped and counted by reason under `skipped`; a batch whose records were all
+    skipped holds only that count.
+    """
+    skipped = dict(Counter(s["skipped"] for s in samples if "skipped" in s))
+    samples = [s for s in samples if "skipped" not in s]
+    if not samples:
+        return {"skipped": skipped}
     longest = max(len(s["input_ids"]) for s in samples)
     batch_size = len(samples)
     input_ids = torch.full((batch_size, longest), pad_token_id, dtype=torch.long)
@@ -132,6 +154,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: 
         "pixel_values": torch.cat(images) if images else None,
         "ids": [s["id"] for s in samples],
         "tasks": [s["task"] for s in samples],
+        "skipped": skipped,
     }
     if "labels" in samples[0]:
         batch["labels"] = labels

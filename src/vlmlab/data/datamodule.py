@@ -10,7 +10,7 @@ import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader
 
 from vlmlab.data.chat_format import ChatFormatter
-from vlmlab.data.conversation_dataset import ConversationDataset, collate, load_records
+from vlmlab.data.conversation_dataset import BadRecordPolicy, ConversationDataset, collate, load_records
 from vlmlab.data.image_processing import ImageProcessor
 from vlmlab.data.mixture import MixtureSampler
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
@@ -22,6 +22,7 @@ class VLMDataModule(L.LightningDataModule):
     mixture: name -> weight for this stage's training data (see `MixtureSampler`).
     formatter, image_processor: built from the model (tokenizer, image tokens, encoder size).
     synthetic: generator settings; when set, the synthetic dataset is written to `root` if missing.
+    on_bad_record: `skip` (drop, count and log records that cannot become samples) or `raise`.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class VLMDataModule(L.LightningDataModule):
         seed: int = 0,
         root: str | None = None,
         synthetic: dict[str, Any] | None = None,
+        on_bad_record: BadRecordPolicy = "skip",
     ) -> None:
         super().__init__()
         self.sources = sources
@@ -48,6 +50,7 @@ class VLMDataModule(L.LightningDataModule):
         self.seed = seed
         self.root = root
         self.synthetic = synthetic
+        self.on_bad_record = on_bad_record
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
@@ -71,6 +74,7 @@ class VLMDataModule(L.LightningDataModule):
             source=source,
             prompt_only=prompt_only,
             blank_images=blank_images,
+            on_bad_record=self.on_bad_record,
         )
 
     def _loader(self, dataset: Any, batch_size: int, padding_side: str = "right", **kwargs: Any) -> DataLoader:

@@ -22,6 +22,8 @@ def generate_answers(
     model.eval()
     rows = []
     for batch in track(loader, description=description, transient=True):
+        if "input_ids" not in batch:  # every record of the batch was skipped (and logged)
+            continue
         pixel_values = batch["pixel_values"]
         new_tokens = model.generate(
             batch["input_ids"].to(device),

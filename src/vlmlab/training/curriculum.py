@@ -62,6 +62,7 @@ def build_datamodule(
         seed=cfg.seed,
         root=cfg.data.get("root"),
         synthetic=None if synthetic is None else OmegaConf.to_container(synthetic, resolve=True),
+        on_bad_record=cfg.data.on_bad_record,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import lightning as L
@@ -33,6 +34,7 @@ class VLMTrainingModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.stage = stage
+        self.skipped: Counter[str] = Counter()
         for part in PARTS:
             getattr(model, part).requires_grad_(stage.train[part] != "frozen")
         if stage.gradient_checkpointing:
@@ -46,6 +48,13 @@ class VLMTrainingModule(L.LightningModule):
                 getattr(self.model, part).eval()
         return self
 
+    def _count_skipped(self, batch: dict[str, Any]) -> None:
+        """Running totals of dropped records by reason, logged as `data/skipped/<reason>`."""
+        for reason, count in batch.get("skipped", {}).items():
+            self.skipped[reason] += count
+        for reason, total in self.skipped.items():
+            self.log(f"data/skipped/{reason}", float(total), reduce_fx="max")
+
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(
             input_ids=batch["input_ids"],
@@ -55,7 +64,10 @@ class VLMTrainingModule(L.LightningModule):
         )
         return out.loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self._count_skipped(batch)
+        if "input_ids" not in batch:  # every record of this batch was skipped: no step
+            return None
         loss = self._loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -68,6 +80,8 @@ class VLMTrainingModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "input_ids" not in batch:
+            return
         self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
 
     def configure_optimizers(self) -> dict[str, Any]:
