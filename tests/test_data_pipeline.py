@@ -95,6 +95,7 @@ def test_letterbox_pads_with_the_mean_colour() -> None:
             "missing.png cannot be read",
         ),
         ({"id": "x", "conversations": "oops"}, "malformed", "no 'conversations' list"),
+        ({"id": "x", "conversations": ["hi", "there"]}, "malformed", "turn 0 must be an object"),
     ],
 )
 def test_bad_records_name_source_and_record(

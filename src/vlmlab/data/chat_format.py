@@ -36,6 +36,8 @@ def to_messages(conversations: Sequence[dict]) -> list[dict[str, str]]:
     """LLaVA turns ({"from": "human"|"gpt", "value"}) or chat messages ({"role", "content"}) -> chat messages."""
     messages = []
     for i, turn in enumerate(conversations):
+        if not isinstance(turn, dict):
+            raise SampleError("malformed", f"turn {i} must be an object with 'from' and 'value', got {turn!r}")
         speaker = turn.get("from", turn.get("role"))
         text = turn.get("value", turn.get("content"))
         if speaker not in ROLES or not isinstance(text, str):

@@ -90,10 +90,9 @@ class ConversationDataset(Dataset):
         conversations = record.get("conversations")
         if not isinstance(conversations, list) or not conversations:
             raise SampleError("malformed", "the record has no 'conversations' list")
+        messages = to_messages(conversations)
         paths = image_paths(record)
-        placeholders = sum(
-            str(t.get("value", t.get("content", ""))).count(self.formatter.image_token) for t in conversations
-        )
+        placeholders = sum(m["content"].count(self.formatter.image_token) for m in messages)
         if placeholders != len(paths):
             raise SampleError(
                 "image_count",
@@ -102,7 +101,7 @@ class ConversationDataset(Dataset):
             )
         if self.prompt_only:
             # References: the record's `answers` (all accepted answers) or else its last answer turn.
-            last = to_messages(conversations)[-1]
+            last = messages[-1]
             answers = record.get("answers") or ([last["content"]] if last["role"] == "assistant" else [])
             sample = {"input_ids": self.formatter.encode_prompt(conversations), "answers": answers}
         else:
