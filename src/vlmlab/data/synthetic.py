@@ -76,7 +76,7 @@ def sample_receipt(rng: random.Random) -> Receipt:
     return Receipt(items=rng.randint(1, 9), total=rng.randint(10, 99))
 
 
-def render_scene(objects: list[ShapeObject], size: int, rng: random.Random) -> Image.Image:
+def render_scene(objects: list[ShapeObject], size: int) -> Image.Image:
     # Mid-grey background (about zero after normalisation), so a shape's colour sets the direction
     # of its patch features. A white outline gives each shape a colour-independent pattern of its own:
     # filled shapes alone differ mostly in area, i.e. in feature length, which RMSNorm erases.
@@ -173,11 +173,11 @@ def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple
     if task == "caption":
         objects = sample_scene(rng)
         pairs = [("Describe the image.", caption_of(objects))]
-        image = render_scene(objects, size, rng)
+        image = render_scene(objects, size)
     elif task == "vqa":
         objects = sample_scene(rng)
         pairs = vqa_pairs(objects, rng, turns)
-        image = render_scene(objects, size, rng)
+        image = render_scene(objects, size)
     elif task == "doc":
         receipt = sample_receipt(rng)
         pairs = doc_pairs(receipt, rng, turns)
