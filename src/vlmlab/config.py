@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 from omegaconf import DictConfig
+
+from vlmlab.data.conversation_dataset import BadRecordPolicy
+from vlmlab.data.image_processing import ResizeMode
 
 MODEL_GROUPS = ("encoder", "connector", "llm")
 
@@ -50,7 +54,6 @@ def validate_config(cfg: DictConfig) -> None:
                 )
             if weight <= 0:
                 raise ValueError(f"data.mixtures.{mixture}.{source} must be > 0, got {weight}")
-    if cfg.data.on_bad_record not in ("raise", "skip"):
-        raise ValueError(f"data.on_bad_record={cfg.data.on_bad_record!r} is not one of raise, skip")
-    if cfg.data.image_resize not in ("resize", "letterbox", "resize_crop"):
-        raise ValueError(f"data.image_resize={cfg.data.image_resize!r} is not one of resize, letterbox, resize_crop")
+    for key, choices in (("on_bad_record", get_args(BadRecordPolicy)), ("image_resize", get_args(ResizeMode))):
+        if cfg.data[key] not in choices:
+            raise ValueError(f"data.{key}={cfg.data[key]!r} is not one of {', '.join(choices)}")

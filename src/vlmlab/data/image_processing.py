@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from PIL import Image
@@ -18,8 +18,8 @@ class ImageProcessor:
     first (LLaVA-1.5's `pad`); `resize_crop` scales the short side and centre-crops."""
 
     def __init__(self, preprocessing: ImagePreprocessing, mode: ResizeMode = "resize") -> None:
-        if mode not in ("resize", "letterbox", "resize_crop"):
-            raise ValueError(f"image resize mode '{mode}' is not one of resize, letterbox, resize_crop")
+        if mode not in get_args(ResizeMode):
+            raise ValueError(f"image resize mode '{mode}' is not one of {', '.join(get_args(ResizeMode))}")
         self.preprocessing = preprocessing
         self.mode = mode
 
