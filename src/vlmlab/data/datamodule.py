@@ -7,7 +7,7 @@ and metric, so a captioning, VQA or DocVQA data module is this class with one so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -20,6 +20,22 @@ from vlmlab.data.formats import HFRecords, Record, read_split
 from vlmlab.data.image_processing import ImageProcessor
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader, with its position in the epoch as state: Lightning saves `state_dict()` in
+    every checkpoint (the loader is `_Stateful`) and hands it back to `load_state_dict` on resume, so a
+    run resumed mid-epoch continues at the exact next batch instead of replaying the epoch."""
+
+    def __init__(self, *args: Any, batches_trained: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_trained = batches_trained
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self.batches_trained()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches"])
 
 
 class VLMDataModule(L.LightningDataModule):
@@ -91,8 +107,15 @@ class VLMDataModule(L.LightningDataModule):
             on_bad_record=self.on_bad_record,
         )
 
-    def _loader(self, dataset: Any, batch_size: int, padding_side: str = "right", **kwargs: Any) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self,
+        dataset: Any,
+        batch_size: int,
+        padding_side: str = "right",
+        loader: type[DataLoader] = DataLoader,
+        **kwargs: Any,
+    ) -> DataLoader:
+        return loader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
@@ -123,7 +146,17 @@ class VLMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         parts = [self.dataset(name, "train") for name in self.mixture]
-        return self._loader(ConcatDataset(parts), self.micro_batch_size, sampler=self.train_sampler())
+        return self._loader(
+            ConcatDataset(parts),
+            self.micro_batch_size,
+            sampler=self.train_sampler(),
+            loader=ResumableDataLoader,
+            batches_trained=self._batches_trained,
+        )
+
+    def _batches_trained(self) -> int:
+        """Batches of the current epoch whose step has run (the one being saved included)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
 
     def val_dataloader(self) -> DataLoader | list:
         parts = [self.dataset(name, "val") for name in self.mixture if self.sources[name].get("val")]

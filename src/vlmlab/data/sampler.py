@@ -67,6 +67,7 @@ class GroupedMixtureSampler(DistributedSampler):
         self.group_by_length = group_by_length
         self.length_group_batches = length_group_batches
         self.epoch = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def _counts(self) -> list[tuple[int, int]]:
         """(full repeats, extra random records) per source."""
@@ -118,7 +119,15 @@ class GroupedMixtureSampler(DistributedSampler):
         longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i][0]].abs()))
         return [batches[longest]] + batches[:longest] + batches[longest + 1 :]
 
+    def resume_at(self, epoch: int, batches: int) -> None:
+        """Start epoch `epoch`'s next iteration after its first `batches` batches (a resumed run)."""
+        self._resume_at = (epoch, batches)
+
     def __iter__(self) -> Iterator[int]:
+        skip = 0
+        if self._resume_at is not None and self._resume_at[0] == self.epoch:
+            skip = self._resume_at[1]
+        self._resume_at = None
         start = self.rank * self.batch_size
-        for batch in self.global_batches():
+        for batch in self.global_batches()[skip:]:
             yield from batch[start : start + self.batch_size].tolist()

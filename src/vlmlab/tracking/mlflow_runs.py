@@ -55,7 +55,15 @@ def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
 class CurriculumTracker:
     """Creates the parent run, hands out stage loggers, and logs final metrics on the parent."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str, artifact_location: str | None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        run_name: str,
+        artifact_location: str | None,
+        parent_run_id: str | None = None,
+    ) -> None:
+        """`parent_run_id`: continue that run (a resumed curriculum) instead of creating one."""
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.client = MlflowClient(tracking_uri)
@@ -67,6 +75,10 @@ class CurriculumTracker:
         )
         self.artifact_location = artifact_location
         self.commit = git_commit()
+        if parent_run_id is not None:
+            self.parent_run_id = parent_run_id
+            self.client.update_run(parent_run_id, status="RUNNING")
+            return
         tags = {"mlflow.runName": run_name, "kind": "curriculum"}
         if self.commit:
             tags["mlflow.source.git.commit"] = self.commit
@@ -75,7 +87,11 @@ class CurriculumTracker:
     def log_config(self, run_id: str, cfg: DictConfig) -> None:
         log_config(self.client, run_id, cfg)
 
-    def stage_logger(self, stage: str, init_from: str | None) -> MLFlowLogger:
+    def stage_logger(self, stage: str, init_from: str | None, run_id: str | None = None) -> MLFlowLogger:
+        """The stage's child run; with `run_id`, that existing run continues (a resumed stage)."""
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=run_id)
         tags = {"mlflow.parentRunId": self.parent_run_id, "stage": stage, "init_from": init_from or "config"}
         if self.commit:
             tags["mlflow.source.git.commit"] = self.commit

@@ -22,6 +22,7 @@ from safetensors.torch import save_model
 from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.image_processing import ImageProcessor
+from vlmlab.eval.checkpoint import load_weights
 from vlmlab.eval.generation import evaluate_with_blind_baseline
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
@@ -122,41 +123,124 @@ def print_results(
     (console or Console()).print(table)
 
 
-def run_curriculum(cfg: DictConfig) -> dict[str, float]:
-    """Train every stage of `cfg.curriculum`, evaluate on the test splits, return all final metrics."""
-    specs = stage_specs(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+STATE_FILE = "curriculum_state.json"
+
+
+def find_run_to_resume(cfg: DictConfig) -> Path:
+    """The run folder that `resume` names: a folder holding curriculum_state.json, or (`resume=true`) the
+    latest unfinished run of this experiment_name and run_name under the working directory's outputs/."""
+    if cfg.resume is not True:
+        run_dir = Path(str(cfg.resume))
+        if not (run_dir / STATE_FILE).is_file():
+            raise FileNotFoundError(f"resume={cfg.resume}: no {STATE_FILE} there; give the run folder to resume")
+        return run_dir
+    candidates = []
+    for state_file in (Path(cfg.paths.root_dir) / "outputs").glob(f"**/{STATE_FILE}"):
+        state = json.loads(state_file.read_text())
+        same = state.get("experiment_name") == cfg.experiment_name and state.get("run_name") == cfg.run_name
+        if same and not state.get("finished"):
+            candidates.append(state_file)
+    if not candidates:
+        raise FileNotFoundError(
+            f"resume=true: no unfinished run of experiment '{cfg.experiment_name}' / run '{cfg.run_name}' under "
+            f"{Path(cfg.paths.root_dir) / 'outputs'}; give the run folder: resume=outputs/<date>/<time>"
+        )
+    return max(candidates, key=lambda f: f.stat().st_mtime).parent
+
+
+def load_state(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
+    """The run folder and its recorded state: a new one, or the one being resumed."""
+    if cfg.get("resume"):
+        run_dir = find_run_to_resume(cfg)
+        log.info("resuming the curriculum in %s", run_dir)
+        return run_dir, json.loads((run_dir / STATE_FILE).read_text())
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, {"experiment_name": cfg.experiment_name, "run_name": cfg.run_name, "finished": False, "stages": {}}
+
+
+def stages_to_run(cfg: DictConfig, specs: list[StageSpec]) -> list[StageSpec]:
+    """The stages from `curriculum.start_stage` on (all of them by default)."""
+    start = cfg.curriculum.get("start_stage")
+    names = [s.name for s in specs]
+    if start is None:
+        return specs
+    if start not in names:
+        raise ValueError(f"curriculum.start_stage={start!r} is not a stage of this curriculum ({', '.join(names)})")
+    if names.index(start) > 0 and not cfg.get("init_from"):
+        raise ValueError(
+            f"curriculum.start_stage={start} skips earlier stages: say which weights to start from with "
+            "init_from=<run>/stages/<stage> (or a model.safetensors)"
+        )
+    return specs[names.index(start) :]
+
+
+def run_curriculum(cfg: DictConfig) -> dict[str, float]:
+    """Train every stage of `cfg.curriculum` (or resume an interrupted run), evaluate on the test splits,
+    return all final metrics.
+
+    The hand-off is explicit: each stage's weights are saved as `stages/<name>/model.safetensors` and
+    recorded in `curriculum_state.json`, whose record (never a guessed directory name) tells the next
+    stage, and a resumed run, where to start from. A resumed run skips finished stages, continues the
+    interrupted one from its `last.ckpt` (weights, optimizer, scheduler, loops and the data position)
+    and logs to the same MLflow runs.
+    """
+    specs = stages_to_run(cfg, stage_specs(cfg))
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir, state = load_state(cfg)
+    state_file = run_dir / STATE_FILE
     model = build_vlm(cfg.model)
-    tracker = instantiate(cfg.logger) if cfg.get("logger") else None
-    if tracker is not None:
+    init_from: str | None = cfg.get("init_from")
+    done = [s for s in specs if state["stages"].get(s.name, {}).get("status") == "done"]
+    if done:
+        init_from = state["stages"][done[-1].name]["weights"]
+    if init_from:
+        init_from = str(load_weights(model, init_from))
+        log.info("starting from %s", init_from)
+    tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id")) if cfg.get("logger") else None
+    if tracker is not None and "parent_run_id" not in state:
+        state["parent_run_id"] = tracker.parent_run_id
         tracker.log_config(tracker.parent_run_id, cfg)
-    state: dict[str, Any] = {"stages": {}}
-    state_file = run_dir / "curriculum_state.json"
     metrics: dict[str, float] = {}
-    init_from: str | None = None
     datamodule = None
     try:
         for spec in specs:
+            record = state["stages"].setdefault(spec.name, {})
             mixture = mixture_weights(cfg, spec)
-            log.info("stage '%s': train %s on %s", spec.name, spec.train, mixture)
-            stage_dir = run_dir / "stages" / spec.name
             datamodule = build_datamodule(cfg, model, mixture, spec.micro_batch_size)
-            logger = tracker.stage_logger(spec.name, init_from) if tracker is not None else None
-            if logger is not None:
-                tracker.log_config(logger.run_id, cfg)
+            if record.get("status") == "done":
+                log.info("stage '%s' is done (%s)", spec.name, record["weights"])
+                continue
+            stage_dir = run_dir / "stages" / spec.name
+            last = stage_dir / "checkpoints" / "last.ckpt"
+            resume_from = str(last) if record.get("status") == "running" and last.is_file() else None
+            log.info(
+                "stage '%s': train %s on %s%s",
+                spec.name,
+                spec.train,
+                mixture,
+                f", resuming {last}" if resume_from else "",
+            )
+            logger = None
+            if tracker is not None:
+                logger = tracker.stage_logger(spec.name, init_from, run_id=record.get("run_id"))
+                if "run_id" not in record:
+                    tracker.log_config(logger.run_id, cfg)
+                record["run_id"] = logger.run_id
+            record.update(status="running", init_from=init_from or "config")
+            state_file.write_text(json.dumps(state, indent=2))
             trainer = build_trainer(cfg, spec, stage_dir, logger)
-            trainer.fit(VLMTrainingModule(model, spec), datamodule=datamodule)
+            module = VLMTrainingModule(model, spec, nan_policy=cfg.nan_policy)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
             metrics.update({f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()})
             weights = stage_dir / "model.safetensors"
             save_model(model, str(weights))
             model.llm.tokenizer.save_pretrained(str(stage_dir / "tokenizer"))
             init_from = str(weights)
-            state["stages"][spec.name] = {"status": "done", "weights": init_from, "global_step": trainer.global_step}
+            record.update(status="done", weights=init_from, global_step=trainer.global_step)
             state_file.write_text(json.dumps(state, indent=2))
         test_sources = [name for name, source in cfg.data.sources.items() if source.get("test")]
-        if test_sources and cfg.eval.enabled:
+        if test_sources and cfg.eval.enabled and datamodule is not None:
             loaders = {
                 name: (
                     datamodule.prompt_dataloader(name, "test", limit=cfg.eval.limit),
@@ -179,6 +263,8 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
         if tracker is not None:
             tracker.finish("FAILED")
         raise
+    state["finished"] = True
+    state_file.write_text(json.dumps(state, indent=2))
     if tracker is not None:
         tracker.finish()
     return metrics

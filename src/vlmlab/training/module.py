@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -12,6 +12,8 @@ from torch import nn
 
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.stage import PARTS, StageSpec
+
+NanPolicy = Literal["raise", "skip"]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -30,10 +32,14 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 class VLMTrainingModule(L.LightningModule):
     """Applies the stage's freeze policy, trains on answer tokens, and builds AdamW with one LR per part."""
 
-    def __init__(self, model: VisionLanguageModel, stage: StageSpec) -> None:
+    def __init__(self, model: VisionLanguageModel, stage: StageSpec, nan_policy: NanPolicy = "raise") -> None:
         super().__init__()
+        if nan_policy not in get_args(NanPolicy):
+            raise ValueError(f"nan_policy={nan_policy!r} is not one of {', '.join(get_args(NanPolicy))}")
         self.model = model
         self.stage = stage
+        self.nan_policy = nan_policy
+        self.nan_steps = 0
         self.skipped: Counter[str] = Counter()
         for part in PARTS:
             getattr(model, part).requires_grad_(stage.train[part] != "frozen")
@@ -66,20 +72,31 @@ class VLMTrainingModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._count_skipped(batch)
-        if "input_ids" not in batch:
-            # Every record of this batch was skipped. A zero loss over the trainable weights (rather than
-            # no step) keeps distributed processes in step: DDP's gradient all-reduce needs every rank.
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        if "input_ids" not in batch:  # every record of this batch was skipped
+            return self._zero_loss()
         loss = self._loss(batch)
         if not torch.isfinite(loss):
+            if self.nan_policy == "skip":
+                self.nan_steps += 1
+                self.log("train/nan_skipped", float(self.nan_steps), reduce_fx="max")
+                return self._zero_loss()
+            checkpoint = self.trainer.checkpoint_callback
+            last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
             raise FloatingPointError(
-                f"stage '{self.stage.name}': loss is {loss.item()} at step {self.global_step}; lower the learning "
-                "rate or check the batch"
+                f"stage '{self.stage.name}': loss is {loss.item()} at step {self.global_step}; the last good "
+                f"checkpoint is {last_good or 'none yet'}. Lower the learning rate or check the batch, then resume "
+                "(resume=true); nan_policy=skip would skip such steps instead"
             )
         batch_size = batch["input_ids"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/tokens", float(batch["attention_mask"].sum()), reduce_fx="sum", batch_size=batch_size)
         return loss
+
+    def _zero_loss(self) -> torch.Tensor:
+        """A zero loss over the trainable weights: the step runs with zero gradients (AdamW's moments and
+        weight decay still advance) instead of no step, so distributed processes stay in step (DDP's
+        gradient all-reduce needs every rank)."""
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         for reason, count in batch.get("skipped", {}).items():  # per validation pass: `val/skipped/<reason>`
