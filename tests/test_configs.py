@@ -95,7 +95,13 @@ def test_dot_instead_of_slash_is_caught(compose_config) -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("curriculum.stages.align.train.llm=frozn", "train.llm='frozn' is not one of frozen, full"),
+        ("curriculum.stages.align.train.llm=frozn", "train.llm='frozn' is not one of frozen, full, lora"),
+        (
+            "curriculum.stages.align.train.connector=lora",
+            "train.connector=lora is not supported \\(only encoder, llm\\)",
+        ),
+        ("curriculum.stages.align.lora=null", "train.encoder=lora needs lora.r, lora.alpha, lora.dropout"),
+        ("curriculum.stages.align.lora.target_modules.encoder=null", "needs lora.target_modules.encoder"),
         (
             "curriculum.stages.align.mixture=captions",
             "mixture 'captions' is not in data.mixtures \\(align, instruct\\)",
@@ -106,7 +112,8 @@ def test_dot_instead_of_slash_is_caught(compose_config) -> None:
     ],
 )
 def test_bad_stage_values_fail_before_building(compose_config, override: str, message: str) -> None:
-    cfg = compose_config(["curriculum=demo", override])
+    lora_encoder = ["curriculum.stages.align.train.encoder=lora"] if "lora" in override else []
+    cfg = compose_config(["curriculum=demo", *lora_encoder, override])
     with pytest.raises(ValueError, match=message):
         stage_specs(cfg)
 
@@ -129,3 +136,42 @@ def test_bad_data_values_are_caught(compose_config, override: str, message: str)
 
 def test_config_dir_is_the_checkout_conf() -> None:
     assert (config_dir() / "train.yaml").is_file()
+
+
+def _stages(compose_config, experiment: str) -> dict:
+    cfg = compose_config([f"experiment={experiment}", "data.root=/datasets/llava"], fast=False)
+    validate_config(cfg)
+    return cfg, {s.name: s for s in stage_specs(cfg)}
+
+
+def test_llava15_preset_is_the_published_recipe(compose_config) -> None:
+    cfg, stages = _stages(compose_config, "llava15")
+    assert (cfg.model.llm.name_or_path, cfg.data.image_resize) == ("lmsys/vicuna-7b-v1.5", "letterbox")
+    align, instruct = stages["align"], stages["instruct"]
+    assert cfg.data.sources[next(iter(cfg.data.mixtures[align.mixture]))].train.file.endswith(
+        "blip_laion_cc_sbu_558k.json"
+    )
+    assert cfg.data.sources[next(iter(cfg.data.mixtures[instruct.mixture]))].train.file.endswith(
+        "llava_v1_5_mix665k.json"
+    )
+    assert align.train == {"encoder": "frozen", "connector": "full", "llm": "frozen"}
+    assert (align.lr["connector"], align.batch_size, align.weight_decay) == (1e-3, 256, 0.0)
+    assert instruct.train == {"encoder": "frozen", "connector": "full", "llm": "full"}
+    assert (instruct.lr["connector"], instruct.lr["llm"], instruct.batch_size) == (2e-5, 2e-5, 128)
+    for stage in stages.values():
+        assert (stage.max_steps, stage.max_epochs, stage.warmup_ratio) == (-1, 1, 0.03)
+        assert (stage.precision, stage.gradient_checkpointing) == ("bf16-mixed", True)
+
+
+def test_llava15_lora_and_prismatic_one_stage_presets(compose_config) -> None:
+    _, stages = _stages(compose_config, "llava15_lora")
+    instruct = stages["instruct"]
+    assert instruct.train["llm"] == "lora" and (instruct.lr["llm"], instruct.lr["connector"]) == (2e-4, 2e-5)
+    assert (instruct.lora["r"], instruct.lora["alpha"]) == (128, 256)
+    _, stages = _stages(compose_config, "prismatic_one_stage")
+    assert list(stages) == ["instruct"]
+    assert (stages["instruct"].weight_decay, stages["instruct"].lr["llm"], stages["instruct"].batch_size) == (
+        0.1,
+        2e-5,
+        128,
+    )

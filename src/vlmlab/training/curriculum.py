@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,44 @@ def find_run_to_resume(cfg: DictConfig) -> Path:
     return max(candidates, key=lambda f: f.stat().st_mtime).parent
 
 
+def write_state(state_file: Path, state: dict[str, Any]) -> None:
+    """Replace the state file atomically: a run killed while writing it keeps the previous record."""
+    partial = state_file.with_suffix(".json.partial")
+    partial.write_text(json.dumps(state, indent=2))
+    os.replace(partial, state_file)
+
+
+RESUME_MUST_MATCH = ("model", "data", "curriculum", "seed")
+
+
+def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run must train what the interrupted one trained: its model, data, curriculum and seed
+    (from the run's `.hydra/config.yaml`) must equal this command's."""
+    saved_file = run_dir / ".hydra" / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = OmegaConf.load(saved_file)
+    differ = []
+    for key in RESUME_MUST_MATCH:
+        before, now = saved.get(key), cfg.get(key)
+        if isinstance(now, DictConfig):
+            before = OmegaConf.to_container(before, resolve=False) if before is not None else None
+            now = OmegaConf.to_container(now, resolve=False)
+        if before != now:
+            differ.append(key)
+    if differ:
+        overrides = run_dir / ".hydra" / "overrides.yaml"
+        raise ValueError(
+            f"resume: this command's {', '.join(differ)} config differs from the run in {run_dir}; resume with "
+            f"the overrides it was started with (listed in {overrides}) plus resume=..."
+        )
+
+
 def load_state(cfg: DictConfig) -> tuple[Path, dict[str, Any]]:
     """The run folder and its recorded state: a new one, or the one being resumed."""
     if cfg.get("resume"):
         run_dir = find_run_to_resume(cfg)
+        check_resumed_config(cfg, run_dir)
         log.info("resuming the curriculum in %s", run_dir)
         return run_dir, json.loads((run_dir / STATE_FILE).read_text())
     run_dir = Path(cfg.paths.output_dir)
@@ -228,17 +263,18 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
                     tracker.log_config(logger.run_id, cfg)
                 record["run_id"] = logger.run_id
             record.update(status="running", init_from=init_from or "config")
-            state_file.write_text(json.dumps(state, indent=2))
+            write_state(state_file, state)
             trainer = build_trainer(cfg, spec, stage_dir, logger)
             module = VLMTrainingModule(model, spec, nan_policy=cfg.nan_policy)
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
             metrics.update({f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()})
+            module.save_and_merge_adapters(stage_dir / "adapters")
             weights = stage_dir / "model.safetensors"
             save_model(model, str(weights))
             model.llm.tokenizer.save_pretrained(str(stage_dir / "tokenizer"))
             init_from = str(weights)
             record.update(status="done", weights=init_from, global_step=trainer.global_step)
-            state_file.write_text(json.dumps(state, indent=2))
+            write_state(state_file, state)
         test_sources = [name for name, source in cfg.data.sources.items() if source.get("test")]
         if test_sources and cfg.eval.enabled and datamodule is not None:
             loaders = {
@@ -259,12 +295,12 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
             if tracker is not None:
                 tracker.log_metrics(test_metrics)
                 tracker.log_artifact(run_dir / "test_predictions.json")
-    except BaseException:
+    except BaseException as err:  # Ctrl-C reaches here as SystemExit from Lightning: resumable, marked KILLED
         if tracker is not None:
-            tracker.finish("FAILED")
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED")
         raise
     state["finished"] = True
-    state_file.write_text(json.dumps(state, indent=2))
+    write_state(state_file, state)
     if tracker is not None:
         tracker.finish()
     return metrics

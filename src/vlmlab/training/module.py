@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
+from peft import PeftModel
 from torch import nn
 
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.training.lora import add_lora, save_and_merge
 from vlmlab.training.stage import PARTS, StageSpec
 
 NanPolicy = Literal["raise", "skip"]
@@ -30,7 +33,13 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 class VLMTrainingModule(L.LightningModule):
-    """Applies the stage's freeze policy, trains on answer tokens, and builds AdamW with one LR per part."""
+    """Applies the stage's freeze policy (frozen, full, or LoRA adapters), trains on answer tokens, and
+    builds AdamW with one LR per part.
+
+    Its checkpoints hold the trainable weights only (a frozen 7B LLM is not copied into every
+    checkpoint of a connector-only stage); the frozen ones are those the stage started from, which the
+    curriculum loads from its record before resuming.
+    """
 
     def __init__(self, model: VisionLanguageModel, stage: StageSpec, nan_policy: NanPolicy = "raise") -> None:
         super().__init__()
@@ -41,8 +50,16 @@ class VLMTrainingModule(L.LightningModule):
         self.nan_policy = nan_policy
         self.nan_steps = 0
         self.skipped: Counter[str] = Counter()
+        self.step_logged: tuple[int, dict[str, Any]] = (-1, {})  # (step, its training metrics)
+        self.relog: dict[str, Any] | None = None
+        self.strict_loading = False  # checkpoints hold only the trainable weights: checked in on_load_checkpoint
+        # part -> peft handle; a plain dict, not a submodule: the adapters already live inside the model
+        self.adapters: dict[str, PeftModel] = {}
         for part in PARTS:
-            getattr(model, part).requires_grad_(stage.train[part] != "frozen")
+            getattr(model, part).requires_grad_(stage.train[part] == "full")
+            if stage.train[part] == "lora":
+                backbone = getattr(model, part).model
+                self.adapters[part] = add_lora(backbone, stage.lora, stage.lora["target_modules"][part])
         if stage.gradient_checkpointing:
             model.llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -50,16 +67,63 @@ class VLMTrainingModule(L.LightningModule):
         """Frozen parts stay in eval mode (no dropout, fixed norm statistics) while the rest trains."""
         super().train(mode)
         for part in PARTS:
-            if self.stage.train[part] == "frozen":
+            if self.stage.train[part] == "frozen":  # a LoRA part trains (its adapters' dropout is active)
                 getattr(self.model, part).eval()
         return self
+
+    def save_and_merge_adapters(self, folder: Path) -> None:
+        """The stage's end for LoRA parts: adapters saved to `folder/<part>`, then merged into the weights."""
+        save_and_merge(self.adapters, folder)
+
+    def checkpointed_keys(self) -> set[str]:
+        """State-dict keys a checkpoint of this stage holds: the trainable weights, and all of a fully trained part."""
+        trainable = {name for name, p in self.named_parameters(remove_duplicate=False) if p.requires_grad}
+        full = tuple(f"model.{part}." for part in PARTS if self.stage.train[part] == "full")
+        return {key for key in self.state_dict(keep_vars=True) if key in trainable or key.startswith(full)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.checkpointed_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["vlmlab"] = {"skipped": dict(self.skipped), "nan_steps": self.nan_steps}
+        # Lightning saves step checkpoints before it sends that step's metrics to the logger: a run
+        # killed in between would miss the step in its history. The checkpoint carries them, to be
+        # logged again on resume (an identical duplicate where they did arrive).
+        step, metrics = self.step_logged
+        if metrics and (step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            checkpoint["vlmlab"]["step_metrics"] = {"step": step, "metrics": {k: float(v) for k, v in metrics.items()}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        expected, found = self.checkpointed_keys(), set(checkpoint["state_dict"])
+        if expected != found:
+            missing, extra = sorted(expected - found), sorted(found - expected)
+            raise ValueError(
+                f"stage '{self.stage.name}': the checkpoint's weights are not this stage's trainable weights "
+                f"(missing: {missing[:5]}, unexpected: {extra[:5]}); it was written with another model or "
+                "stage config: resume with the overrides of the run that wrote it"
+            )
+        saved = checkpoint.get("vlmlab", {})
+        self.skipped = Counter(saved.get("skipped", {}))
+        self.nan_steps = saved.get("nan_steps", 0)
+        self.relog = saved.get("step_metrics")
+
+    def on_train_start(self) -> None:
+        if self.relog is not None and self.logger is not None:
+            self.logger.log_metrics(self.relog["metrics"], step=self.relog["step"])
+        self.relog = None
 
     def _count_skipped(self, batch: dict[str, Any]) -> None:
         """Running totals of dropped records by reason, logged as `data/skipped/<reason>`."""
         for reason, count in batch.get("skipped", {}).items():
             self.skipped[reason] += count
         for reason, total in self.skipped.items():
-            self.log(f"data/skipped/{reason}", float(total), reduce_fx="max")
+            self._log_train(f"data/skipped/{reason}", float(total), reduce_fx="max")
+
+    def _log_train(self, name: str, value: float | torch.Tensor, **kwargs: Any) -> None:
+        """`self.log` for training metrics, remembering the step's values for `on_save_checkpoint`."""
+        self.log(name, value, **kwargs)
+        if self.step_logged[0] != self.global_step:
+            self.step_logged = (self.global_step, {})
+        self.step_logged[1][name] = value.detach() if isinstance(value, torch.Tensor) else value
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
         out = self.model(
@@ -78,7 +142,7 @@ class VLMTrainingModule(L.LightningModule):
         if not torch.isfinite(loss):
             if self.nan_policy == "skip":
                 self.nan_steps += 1
-                self.log("train/nan_skipped", float(self.nan_steps), reduce_fx="max")
+                self._log_train("train/nan_skipped", float(self.nan_steps), reduce_fx="max")
                 return self._zero_loss()
             checkpoint = self.trainer.checkpoint_callback
             last_good = (checkpoint.last_model_path or checkpoint.best_model_path) if checkpoint else ""
@@ -88,8 +152,8 @@ class VLMTrainingModule(L.LightningModule):
                 "(resume=true); nan_policy=skip would skip such steps instead"
             )
         batch_size = batch["input_ids"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/tokens", float(batch["attention_mask"].sum()), reduce_fx="sum", batch_size=batch_size)
+        self._log_train("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self._log_train("train/tokens", float(batch["attention_mask"].sum()), reduce_fx="sum", batch_size=batch_size)
         return loss
 
     def _zero_loss(self) -> torch.Tensor:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 PARTS = ("encoder", "connector", "llm")
-TRAIN_MODES = ("frozen", "full")
+TRAIN_MODES = ("frozen", "full", "lora")
+LORA_PARTS = ("encoder", "llm")  # the connector is small: it trains in full
 
 
 @dataclass
@@ -28,6 +30,7 @@ class StageSpec:
     precision: str = "32-true"
     gradient_checkpointing: bool = False
     val_check_interval: int | float | None = None
+    lora: dict[str, Any] | None = None  # r, alpha, dropout, target_modules per part (parts trained with lora)
 
     @classmethod
     def from_config(cls, name: str, cfg: DictConfig, mixtures: dict[str, dict[str, float]]) -> StageSpec:
@@ -50,6 +53,8 @@ class StageSpec:
                 raise ValueError(f"{where}: train.{part}={mode!r} is not one of {', '.join(TRAIN_MODES)}")
             if mode != "frozen" and not self.lr.get(part):
                 raise ValueError(f"{where}: {part} trains ({mode}) but lr.{part} is not set")
+            if mode == "lora":
+                self._validate_lora(part)
         if all(self.train[p] == "frozen" for p in PARTS):
             raise ValueError(f"{where}: every part is frozen, nothing would train")
         if self.mixture not in mixtures:
@@ -65,6 +70,16 @@ class StageSpec:
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def _validate_lora(self, part: str) -> None:
+        where = f"curriculum stage '{self.name}'"
+        if part not in LORA_PARTS:
+            raise ValueError(f"{where}: train.{part}=lora is not supported (only {', '.join(LORA_PARTS)}); use full")
+        missing = [k for k in ("r", "alpha", "dropout") if (self.lora or {}).get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: train.{part}=lora needs lora.{', lora.'.join(missing)} (see conf/stage/)")
+        if not (self.lora.get("target_modules") or {}).get(part):
+            raise ValueError(f"{where}: train.{part}=lora needs lora.target_modules.{part}: module names or all-linear")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps that make `batch_size` the global batch on `world_size` processes."""
