@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from vlmlab.config import config_dir, group_options, validate_config
 from vlmlab.models.builder import build_vlm
 from vlmlab.training.curriculum import stage_specs
+from vlmlab.training.distributed import build_strategy, shard_units
 
 GROUPS = [
     "model/encoder",
@@ -18,6 +21,8 @@ GROUPS = [
     "stage",
     "curriculum",
     "trainer",
+    "strategy",
+    "launcher",
     "logger",
     "callbacks",
     "paths",
@@ -175,3 +180,33 @@ def test_llava15_lora_and_prismatic_one_stage_presets(compose_config) -> None:
         2e-5,
         128,
     )
+
+
+@pytest.mark.parametrize("strategy", group_options("strategy"))
+def test_every_strategy_preset_builds(compose_config, strategy: str) -> None:
+    cfg = compose_config([f"strategy={strategy}"])
+    built = build_strategy(OmegaConf.to_container(cfg.strategy), build_vlm(cfg.model), world_size=2)
+    assert (
+        built == "auto"
+        if strategy == "auto"
+        else type(built).__name__
+        == {
+            "ddp": "DDPStrategy",
+            "fsdp": "FSDPStrategy",  # constructed on the CPU; it trains only on GPUs
+            "fsdp2": "ModelParallelStrategy",
+        }[strategy]
+    )
+    # The units FSDP and FSDP2 shard: decoder layers, vision blocks, the connector.
+    units = {c.__name__ for c in shard_units(build_vlm(cfg.model))}
+    assert units == {"LlamaDecoderLayer", "Block", "MLPConnector"}
+
+
+def test_slurm_launcher_takes_nodes_and_tasks_from_the_trainer() -> None:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        overrides = ["launcher=slurm", "trainer.num_nodes=2", "trainer.devices=8", "hydra.launcher.partition=gpu"]
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+    assert launcher.partition == "gpu"

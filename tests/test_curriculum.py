@@ -170,9 +170,9 @@ def test_nan_loss_stops_naming_the_step_or_is_skipped(compose_config) -> None:
 
 @pytest.mark.parametrize(("devices", "accumulation"), [(1, 2), (2, 1)])
 def test_the_global_batch_is_kept_when_devices_change(compose_config, devices: int, accumulation: int) -> None:
-    cfg = compose_config([f"trainer.devices={devices}", "trainer.accelerator=cpu", "trainer.strategy=ddp"])
+    cfg = compose_config([f"trainer.devices={devices}", "trainer.accelerator=cpu", "strategy=ddp"])
     spec = stage_specs(cfg)[1]  # global batch 8 of micro-batches of 4
-    trainer = build_trainer(cfg, spec, Path(cfg.paths.output_dir), logger=None)
+    trainer = build_trainer(cfg, spec, Path(cfg.paths.output_dir), logger=None, model=build_vlm(cfg.model))
     assert trainer.accumulate_grad_batches == accumulation
     assert spec.micro_batch_size * trainer.world_size * trainer.accumulate_grad_batches == spec.batch_size == 8
     with pytest.raises(ValueError, match="batch_size=8 is not divisible by micro_batch_size=4 x 3 processes"):

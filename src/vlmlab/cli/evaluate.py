@@ -25,7 +25,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Everything `vlmlab-eval` does after Hydra composed `cfg`; returns the metrics."""
     validate_config(cfg)
     weights = weights_path(cfg.checkpoint)
-    saved_tokenizer = weights.parent / "tokenizer"
+    # The tokenizer the stage trained with: beside its weights, or beside a checkpoints/ folder.
+    saved_tokenizer = next(
+        (d / "tokenizer" for d in (weights.parent, weights.parent.parent) if (d / "tokenizer").is_dir()),
+        weights.parent / "tokenizer",
+    )
     if saved_tokenizer.is_dir() and "tokenizer" in cfg.model.llm:
         OmegaConf.update(cfg, "model.llm.tokenizer", str(saved_tokenizer), merge=False)  # the ids it trained with
     sources = list(cfg.sources or [n for n, s in cfg.data.sources.items() if s.get(cfg.split) is not None])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -176,8 +177,9 @@ class MeanAnswerScore(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
+        """`kwargs`: torchmetrics' `Metric` options (e.g. `sync_on_compute`)."""
+        super().__init__(**kwargs)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
 
@@ -212,8 +214,8 @@ class VQAAccuracy(MeanAnswerScore):
 class ANLS(MeanAnswerScore):
     """DocVQA's Average Normalized Levenshtein Similarity (see `anls`)."""
 
-    def __init__(self, threshold: float = ANLS_THRESHOLD) -> None:
-        super().__init__()
+    def __init__(self, threshold: float = ANLS_THRESHOLD, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.threshold = threshold
 
     def score(self, prediction: str, answers: Sequence[str]) -> float:

@@ -22,6 +22,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -182,8 +183,9 @@ class CIDErD(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
+        """`kwargs`: torchmetrics' `Metric` options (e.g. `sync_on_compute`)."""
+        super().__init__(**kwargs)
         self.add_state("prediction_bytes", default=[], dist_reduce_fx="cat")
         self.add_state("prediction_lengths", default=[], dist_reduce_fx="cat")
         self.add_state("reference_bytes", default=[], dist_reduce_fx="cat")
@@ -231,8 +233,9 @@ class BLEU(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs: Any) -> None:
+        """`kwargs`: torchmetrics' `Metric` options (e.g. `sync_on_compute`)."""
+        super().__init__(**kwargs)
         self.add_state("hypothesis_length", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("reference_length", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("guessed", default=torch.zeros(_BLEU_MAX_N, dtype=torch.long), dist_reduce_fx="sum")

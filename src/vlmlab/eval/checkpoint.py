@@ -1,20 +1,36 @@
-"""Loading saved weights into a model built from config, with an error that says what does not match."""
+"""Loading saved weights into a model built from config, with an error that says what does not match.
+
+A checkpoint is a stage's `model.safetensors` (or the stage folder holding it), or a Lightning
+checkpoint: a `.ckpt` file, or the folder a sharded strategy (FSDP, FSDP2) writes, which is gathered
+into one state dict here, in a single process.
+"""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_model
 from torch import nn
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 WEIGHTS_FILE = "model.safetensors"
 SHOWN = 5  # mismatching names listed in the error
 FIX = "Use the model/* choices and overrides of the run that wrote it (see its .hydra/config.yaml)."
 
 
+def is_sharded_checkpoint(path: Path) -> bool:
+    """A folder written by torch.distributed.checkpoint (Lightning's sharded FSDP / FSDP2 checkpoints)."""
+    return (path / ".metadata").is_file()
+
+
 def weights_path(checkpoint: str | Path) -> Path:
-    """`model.safetensors` itself, or the stage folder (`<run>/stages/<stage>`) that holds it."""
+    """`model.safetensors` itself, the stage folder (`<run>/stages/<stage>`) that holds it, or a
+    Lightning checkpoint (a `.ckpt` file or a sharded checkpoint folder)."""
     path = Path(checkpoint)
+    if is_sharded_checkpoint(path):
+        return path
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.is_file():
@@ -29,13 +45,28 @@ def _listed(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
 
 
+def lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a Lightning checkpoint (file or sharded folder), named as in the model."""
+    if is_sharded_checkpoint(path):
+        with tempfile.TemporaryDirectory() as folder:
+            dcp_to_torch_save(path, Path(folder) / "checkpoint.pt")
+            checkpoint = torch.load(Path(folder) / "checkpoint.pt", weights_only=True, map_location="cpu")
+    else:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+
+
 def load_weights(model: nn.Module, checkpoint: str | Path) -> Path:
     """Load every tensor of the checkpoint (a file written by `safetensors.torch.save_model`, which
-    stores tied weights once) into `model`. A missing, extra or differently shaped tensor is an error
-    naming them: it means the model config differs from the training run's."""
+    stores tied weights once, or a Lightning checkpoint) into `model`. A missing, extra or differently
+    shaped tensor is an error naming them: it means the model config differs from the training run's."""
     path = weights_path(checkpoint)
+    lightning = path.suffix == ".ckpt" or is_sharded_checkpoint(path)
     try:
-        missing, unexpected = load_model(model, str(path), strict=False)
+        if lightning:
+            missing, unexpected = model.load_state_dict(lightning_state_dict(path), strict=False)
+        else:
+            missing, unexpected = load_model(model, str(path), strict=False)
     except RuntimeError as err:  # load_state_dict reports shape mismatches even when not strict
         raise ValueError(f"checkpoint {path} does not fit the model built from this config: {err}\n{FIX}") from err
     if missing or unexpected:
@@ -44,7 +75,13 @@ def load_weights(model: nn.Module, checkpoint: str | Path) -> Path:
             for label, names in (("missing", missing), ("unexpected", unexpected))
             if names
         ]
+        fix = FIX
+        if lightning and missing and not unexpected:
+            fix = (
+                "A single-process Lightning checkpoint holds only the weights its stage trained: evaluate the "
+                f"stage's {WEIGHTS_FILE}, or the run's sharded checkpoints, which hold every weight."
+            )
         raise ValueError(
-            f"checkpoint {path} does not fit the model built from this config ({'; '.join(problems)}). {FIX}"
+            f"checkpoint {path} does not fit the model built from this config ({'; '.join(problems)}). {fix}"
         )
     return path

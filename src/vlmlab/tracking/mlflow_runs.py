@@ -52,6 +52,16 @@ def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
+def experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
+    """The id of experiment `name`, created when missing. A tracking server (http/https) stores the
+    artifacts of the experiments it creates itself: `artifact_location` applies to local stores only."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    remote = tracking_uri.startswith(("http://", "https://"))
+    return client.create_experiment(name, artifact_location=None if remote else artifact_location)
+
+
 class CurriculumTracker:
     """Creates the parent run, hands out stage loggers, and logs final metrics on the parent."""
 
@@ -67,12 +77,7 @@ class CurriculumTracker:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.client = MlflowClient(tracking_uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment(experiment_name, artifact_location=artifact_location)
-        )
+        self.experiment_id = experiment_id(self.client, tracking_uri, experiment_name, artifact_location)
         self.artifact_location = artifact_location
         self.commit = git_commit()
         if parent_run_id is not None:
@@ -118,17 +123,12 @@ def log_evaluation_run(cfg: DictConfig, metrics: dict[str, float], artifacts: li
     """One MLflow run for a `vlmlab-eval` call: config params and `config.yaml`, metrics, the files
     written (metrics and predictions) and the git commit. Returns the run id."""
     client = MlflowClient(cfg.paths.mlflow_uri)
-    experiment = client.get_experiment_by_name(cfg.experiment_name)
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else client.create_experiment(cfg.experiment_name, artifact_location=cfg.paths.mlflow_artifacts)
-    )
+    eval_experiment = experiment_id(client, cfg.paths.mlflow_uri, cfg.experiment_name, cfg.paths.mlflow_artifacts)
     all_tags = {"mlflow.runName": cfg.run_name, "kind": "evaluation", **tags}
     commit = git_commit()
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
-    run_id = client.create_run(experiment_id, run_name=cfg.run_name, tags=all_tags).info.run_id
+    run_id = client.create_run(eval_experiment, run_name=cfg.run_name, tags=all_tags).info.run_id
     log_config(client, run_id, cfg)
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)

@@ -27,6 +27,7 @@ from vlmlab.eval.checkpoint import load_weights
 from vlmlab.eval.generation import evaluate_with_blind_baseline
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.training.distributed import build_strategy, full_state_dict, global_rank, is_sharded
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.stage import StageSpec
 
@@ -70,7 +71,9 @@ def build_datamodule(
     )
 
 
-def build_trainer(cfg: DictConfig, stage: StageSpec, stage_dir: Path, logger: Any) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, stage: StageSpec, stage_dir: Path, logger: Any, model: VisionLanguageModel
+) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if logger is None:  # LearningRateMonitor refuses to run without a logger; with `~logger` it has nothing to do
         callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
@@ -90,6 +93,7 @@ def build_trainer(cfg: DictConfig, stage: StageSpec, stage_dir: Path, logger: An
         val_check_interval=stage.val_check_interval,
         check_val_every_n_epoch=None if isinstance(stage.val_check_interval, int) else 1,
         default_root_dir=str(stage_dir),
+        strategy=build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True), model, world_size),
         logger=logger if logger is not None else False,
         callbacks=callbacks,
     )
@@ -210,6 +214,28 @@ def stages_to_run(cfg: DictConfig, specs: list[StageSpec]) -> list[StageSpec]:
     return specs[names.index(start) :]
 
 
+def save_stage_weights(
+    cfg: DictConfig, spec: StageSpec, trainer: L.Trainer, module: VLMTrainingModule, stage_dir: Path
+) -> VisionLanguageModel | None:
+    """Write the stage's `model.safetensors` (LoRA adapters saved and merged first).
+
+    Sharded weights (FSDP, FSDP2) are gathered to rank 0 and loaded into a plain model built there.
+    Every rank calls this; rank 0 writes and returns the plain trained model, the others return None.
+    """
+    sharded = is_sharded(trainer.strategy)
+    full = full_state_dict(trainer.strategy.model) if sharded else {}
+    model = module.model
+    if trainer.global_rank == 0:
+        if sharded:
+            model = build_vlm(cfg.model)
+            module = VLMTrainingModule(model, spec)  # the same adapters, into which the gathered weights load
+            module.load_state_dict(full)
+        module.save_and_merge_adapters(stage_dir / "adapters")
+        save_model(model, str(stage_dir / "model.safetensors"))
+    trainer.strategy.barrier("stage weights saved")
+    return model if trainer.global_rank == 0 else None
+
+
 def run_curriculum(cfg: DictConfig) -> dict[str, float]:
     """Train every stage of `cfg.curriculum` (or resume an interrupted run), evaluate on the test splits,
     return all final metrics.
@@ -219,23 +245,32 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
     stage, and a resumed run, where to start from. A resumed run skips finished stages, continues the
     interrupted one from its `last.ckpt` (weights, optimizer, scheduler, loops and the data position)
     and logs to the same MLflow runs.
+
+    With several processes every rank runs this function; rank 0 alone writes the record, the weights
+    and the MLflow runs, and evaluates at the end.
     """
-    specs = stages_to_run(cfg, stage_specs(cfg))
+    all_specs = stage_specs(cfg)
+    positions = {spec.name: i for i, spec in enumerate(all_specs)}
+    specs = stages_to_run(cfg, all_specs)
     L.seed_everything(cfg.seed, workers=True)
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    main = global_rank(devices) == 0
     run_dir, state = load_state(cfg)
     state_file = run_dir / STATE_FILE
-    model = build_vlm(cfg.model)
     init_from: str | None = cfg.get("init_from")
     done = [s for s in specs if state["stages"].get(s.name, {}).get("status") == "done"]
     if done:
         init_from = state["stages"][done[-1].name]["weights"]
+    model = build_vlm(cfg.model)
     if init_from:
         init_from = str(load_weights(model, init_from))
         log.info("starting from %s", init_from)
-    tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id")) if cfg.get("logger") else None
-    if tracker is not None and "parent_run_id" not in state:
-        state["parent_run_id"] = tracker.parent_run_id
-        tracker.log_config(tracker.parent_run_id, cfg)
+    tracker = None
+    if main and cfg.get("logger"):
+        tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id"))
+        if "parent_run_id" not in state:
+            state["parent_run_id"] = tracker.parent_run_id
+            tracker.log_config(tracker.parent_run_id, cfg)
     metrics: dict[str, float] = {}
     datamodule = None
     try:
@@ -248,7 +283,7 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
                 continue
             stage_dir = run_dir / "stages" / spec.name
             last = stage_dir / "checkpoints" / "last.ckpt"
-            resume_from = str(last) if record.get("status") == "running" and last.is_file() else None
+            resume_from = str(last) if record.get("status") == "running" and last.exists() else None
             log.info(
                 "stage '%s': train %s on %s%s",
                 spec.name,
@@ -263,44 +298,62 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
                     tracker.log_config(logger.run_id, cfg)
                 record["run_id"] = logger.run_id
             record.update(status="running", init_from=init_from or "config")
-            write_state(state_file, state)
-            trainer = build_trainer(cfg, spec, stage_dir, logger)
+            if main:
+                write_state(state_file, state)
+                model.llm.tokenizer.save_pretrained(str(stage_dir / "tokenizer"))  # for its checkpoints too
+            trainer = build_trainer(cfg, spec, stage_dir, logger, model)
+            # Each stage draws from its own seed (new LoRA adapters, dropout), whatever ran before it: the
+            # same in a resumed run, on every process, and under every strategy.
+            L.seed_everything(cfg.seed + positions[spec.name], workers=True, verbose=False)
             module = VLMTrainingModule(model, spec, nan_policy=cfg.nan_policy)
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
             metrics.update({f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()})
-            module.save_and_merge_adapters(stage_dir / "adapters")
-            weights = stage_dir / "model.safetensors"
-            save_model(model, str(weights))
-            model.llm.tokenizer.save_pretrained(str(stage_dir / "tokenizer"))
-            init_from = str(weights)
+            trained = save_stage_weights(cfg, spec, trainer, module, stage_dir)
+            init_from = str(stage_dir / "model.safetensors")
             record.update(status="done", weights=init_from, global_step=trainer.global_step)
-            write_state(state_file, state)
+            if main:
+                write_state(state_file, state)
+            if is_sharded(trainer.strategy):  # the trained model is sharded: continue from the saved file
+                model = trained if main else build_vlm(cfg.model)
+                if not main:
+                    load_weights(model, init_from)
         test_sources = [name for name, source in cfg.data.sources.items() if source.get("test")]
-        if test_sources and cfg.eval.enabled and datamodule is not None:
-            loaders = {
-                name: (
-                    datamodule.prompt_dataloader(name, "test", limit=cfg.eval.limit),
-                    datamodule.prompt_dataloader(name, "test", blank_images=True, limit=cfg.eval.limit),
-                )
-                for name in test_sources
-            }
-            metric_names = {name: source_metrics(cfg, name) for name in test_sources}
-            test_metrics, predictions = evaluate_with_blind_baseline(
-                model, loaders, metric_names, cfg.eval.max_new_tokens
-            )
-            metrics.update(test_metrics)
-            (run_dir / "test_metrics.json").write_text(json.dumps(test_metrics, indent=2))
-            (run_dir / "test_predictions.json").write_text(json.dumps(predictions, indent=1))
-            print_results(test_metrics, metric_names)
-            if tracker is not None:
-                tracker.log_metrics(test_metrics)
-                tracker.log_artifact(run_dir / "test_predictions.json")
+        if main and test_sources and cfg.eval.enabled and datamodule is not None:
+            metrics.update(evaluate_on_test_splits(cfg, model, datamodule, test_sources, run_dir, tracker))
     except BaseException as err:  # Ctrl-C reaches here as SystemExit from Lightning: resumable, marked KILLED
         if tracker is not None:
             tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED")
         raise
     state["finished"] = True
-    write_state(state_file, state)
+    if main:
+        write_state(state_file, state)
     if tracker is not None:
         tracker.finish()
     return metrics
+
+
+def evaluate_on_test_splits(
+    cfg: DictConfig,
+    model: VisionLanguageModel,
+    datamodule: VLMDataModule,
+    sources: list[str],
+    run_dir: Path,
+    tracker: Any,
+) -> dict[str, float]:
+    """Generate on every test split with and without images, score, print the table, log to MLflow."""
+    loaders = {
+        name: (
+            datamodule.prompt_dataloader(name, "test", limit=cfg.eval.limit),
+            datamodule.prompt_dataloader(name, "test", blank_images=True, limit=cfg.eval.limit),
+        )
+        for name in sources
+    }
+    metric_names = {name: source_metrics(cfg, name) for name in sources}
+    test_metrics, predictions = evaluate_with_blind_baseline(model, loaders, metric_names, cfg.eval.max_new_tokens)
+    (run_dir / "test_metrics.json").write_text(json.dumps(test_metrics, indent=2))
+    (run_dir / "test_predictions.json").write_text(json.dumps(predictions, indent=1))
+    print_results(test_metrics, metric_names)
+    if tracker is not None:
+        tracker.log_metrics(test_metrics)
+        tracker.log_artifact(run_dir / "test_predictions.json")
+    return test_metrics

@@ -13,6 +13,7 @@ from peft import PeftModel
 from torch import nn
 
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.training.distributed import fully_shard_units, is_sharded
 from vlmlab.training.lora import add_lora, save_and_merge
 from vlmlab.training.stage import PARTS, StageSpec
 
@@ -52,6 +53,8 @@ class VLMTrainingModule(L.LightningModule):
         self.skipped: Counter[str] = Counter()
         self.step_logged: tuple[int, dict[str, Any]] = (-1, {})  # (step, its training metrics)
         self.relog: dict[str, Any] | None = None
+        self.sharded = False  # fully_shard applied (FSDP2)
+        self.window_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses
         self.strict_loading = False  # checkpoints hold only the trainable weights: checked in on_load_checkpoint
         # part -> peft handle; a plain dict, not a submodule: the adapters already live inside the model
         self.adapters: dict[str, PeftModel] = {}
@@ -71,6 +74,12 @@ class VLMTrainingModule(L.LightningModule):
                 getattr(self.model, part).eval()
         return self
 
+    def configure_model(self) -> None:
+        """FSDP2 (ModelParallelStrategy sets `device_mesh`): shard the model's units over the processes."""
+        if self.device_mesh is not None and not self.sharded:
+            fully_shard_units(self.model, self.device_mesh["data_parallel"])
+            self.sharded = True
+
     def save_and_merge_adapters(self, folder: Path) -> None:
         """The stage's end for LoRA parts: adapters saved to `folder/<part>`, then merged into the weights."""
         save_and_merge(self.adapters, folder)
@@ -82,8 +91,9 @@ class VLMTrainingModule(L.LightningModule):
         return {key for key in self.state_dict(keep_vars=True) if key in trainable or key.startswith(full)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = self.checkpointed_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        if not is_sharded(self.trainer.strategy):  # shards are already split over the processes
+            keep = self.checkpointed_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["vlmlab"] = {"skipped": dict(self.skipped), "nan_steps": self.nan_steps}
         # Lightning saves step checkpoints before it sends that step's metrics to the logger: a run
         # killed in between would miss the step in its history. The checkpoint carries them, to be
@@ -93,8 +103,8 @@ class VLMTrainingModule(L.LightningModule):
             checkpoint["vlmlab"]["step_metrics"] = {"step": step, "metrics": {k: float(v) for k, v in metrics.items()}}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        expected, found = self.checkpointed_keys(), set(checkpoint["state_dict"])
-        if expected != found:
+        expected, found = self.checkpointed_keys(), set(checkpoint.get("state_dict", {}))
+        if not is_sharded(self.trainer.strategy) and expected != found:
             missing, extra = sorted(expected - found), sorted(found - expected)
             raise ValueError(
                 f"stage '{self.stage.name}': the checkpoint's weights are not this stage's trainable weights "
@@ -152,9 +162,16 @@ class VLMTrainingModule(L.LightningModule):
                 "(resume=true); nan_policy=skip would skip such steps instead"
             )
         batch_size = batch["input_ids"].shape[0]
-        self._log_train("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        # train/loss is the global batch's: the mean over this step's micro-batches and processes (each
+        # micro-batch's loss is already a mean over its answer tokens, as the gradient is).
+        self.window_losses.append(loss.detach())
+        window = torch.stack(self.window_losses).mean()
+        self._log_train("train/loss", window, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self._log_train("train/tokens", float(batch["attention_mask"].sum()), reduce_fx="sum", batch_size=batch_size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.window_losses = []
 
     def _zero_loss(self) -> torch.Tensor:
         """A zero loss over the trainable weights: the step runs with zero gradients (AdamW's moments and

@@ -1,0 +1,91 @@
+"""Strategies (single device, DDP, FSDP, FSDP2) built from `conf/strategy/`, the process's rank, and
+gathering a sharded model's full weights.
+
+FSDP (Lightning's `FSDPStrategy`, GPU only) wraps the LLM decoder layers, the vision blocks and the
+connector as units; FSDP2 (`ModelParallelStrategy`) applies `fully_shard` to the same units in
+`VLMTrainingModule.configure_model`, and also runs on the CPU (gloo).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from vlmlab.models.vlm import VisionLanguageModel
+
+STRATEGIES = ("auto", "ddp", "fsdp", "fsdp2")
+FSDP_SHARDING = {"full": "FULL_SHARD", "grad_op": "SHARD_GRAD_OP", "hybrid": "HYBRID_SHARD"}
+
+
+def global_rank(devices_per_node: int) -> int:
+    """This process's rank before any Trainer exists: from torchrun or SLURM, else from the variables
+    Lightning's own launcher sets for the processes it starts (0 for the one a user starts)."""
+    if TorchElasticEnvironment.detect():
+        return int(os.environ["RANK"])
+    if SLURMEnvironment.detect():
+        return int(os.environ["SLURM_PROCID"])
+    return int(os.environ.get("NODE_RANK", 0)) * devices_per_node + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def shard_units(model: VisionLanguageModel) -> set[type[nn.Module]]:
+    """The module classes sharded as one unit each: LLM decoder layers, vision blocks, the connector."""
+    return model.llm.decoder_layer_classes() | model.encoder.block_classes() | {type(model.connector)}
+
+
+def build_strategy(settings: dict[str, Any], model: VisionLanguageModel, world_size: int) -> Strategy | str:
+    """The Lightning strategy `settings` (a `conf/strategy/*.yaml`) names, wrapping `model`'s units;
+    `world_size` processes in all (FSDP2 shards over all of them)."""
+    name = settings.get("name")
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy.name={name!r} is not one of {', '.join(STRATEGIES)} (see conf/strategy/)")
+    if name == "auto":
+        return "auto"
+    if name == "ddp":
+        return DDPStrategy(
+            find_unused_parameters=settings["find_unused_parameters"],
+            gradient_as_bucket_view=settings["gradient_as_bucket_view"],
+        )
+    if name == "fsdp":
+        if settings["sharding"] not in FSDP_SHARDING:
+            raise ValueError(f"strategy.sharding={settings['sharding']!r} is not one of {', '.join(FSDP_SHARDING)}")
+        return FSDPStrategy(
+            auto_wrap_policy=shard_units(model),
+            sharding_strategy=FSDP_SHARDING[settings["sharding"]],
+            state_dict_type=settings["state_dict_type"],
+            cpu_offload=settings["cpu_offload"],
+            use_orig_params=True,  # frozen and trained weights may share a unit; one LR group per part
+        )
+    return ModelParallelStrategy(
+        data_parallel_size=world_size,
+        tensor_parallel_size=1,
+        save_distributed_checkpoint=settings["sharded_checkpoint"],
+    )
+
+
+def is_sharded(strategy: Strategy) -> bool:
+    return isinstance(strategy, FSDPStrategy | ModelParallelStrategy)
+
+
+def fully_shard_units(model: VisionLanguageModel, mesh: Any) -> None:
+    """FSDP2: shard each unit (`shard_units`) and then the rest of the model over `mesh`."""
+    from torch.distributed.fsdp import fully_shard
+
+    units = shard_units(model)
+    for module in [m for m in model.modules() if type(m) in units]:
+        fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s complete weights on the CPU, gathered from every process when it is sharded (FSDP,
+    FSDP2): a collective, so every rank calls it; rank 0 receives the tensors, the others an empty dict."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=options)

@@ -1,0 +1,175 @@
+"""Two CPU processes (gloo) through `vlmlab-train`: DDP and FSDP2 follow the single-process run with
+the same global batch; FSDP2's sharded checkpoint resumes and converts to weights `vlmlab-eval` loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from tests.conftest import FAST_OVERRIDES
+
+BIN = Path(sys.executable).parent
+STEPS = 4  # instruct: optimizer steps of a global batch of 8 = 4 per process x 2 processes, or 4 x 2 accumulated
+COMMON = [
+    *FAST_OVERRIDES,
+    "curriculum.stages.align.micro_batch_size=4",
+    f"curriculum.stages.instruct.max_steps={STEPS}",
+    f"curriculum.stages.instruct.val_check_interval={STEPS}",
+    "curriculum.stages.instruct.gradient_clip_val=0.01",  # clipping acts: the global norm must be right
+    "data.group_by_length=false",  # the same samples in each global batch however it is split
+    "~callbacks.generation_validation",
+    "eval.enabled=false",
+    "trainer.accelerator=cpu",
+    "experiment_name=distributed",
+]
+LORA = [  # no adapter dropout: its random masks differ between one process and two
+    "curriculum.stages.instruct.train.llm=lora",
+    "curriculum.stages.instruct.lora.r=4",
+    "curriculum.stages.instruct.lora.dropout=0.0",
+]
+RUNS = {
+    "single": ["trainer.devices=1"],
+    "single-lora": ["trainer.devices=1", *LORA],
+    "fsdp2-lora": ["trainer.devices=2", "strategy=fsdp2", *LORA],
+    "ddp": ["trainer.devices=2", "strategy=ddp"],
+    "fsdp2": [
+        "trainer.devices=2",
+        "strategy=fsdp2",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "callbacks.checkpoint.save_top_k=-1",
+    ],
+}
+
+
+def train(workdir: Path, synth_root: Path, name: str, *extra: str) -> None:
+    command = [str(BIN / "vlmlab-train"), *COMMON, f"data.root={synth_root}", f"hydra.run.dir={name}", *extra]
+    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def loss_histories(workdir: Path, run_name: str) -> dict[str, list[tuple[int, float]]]:
+    """Stage -> [(step, train/loss)] of the curriculum run named `run_name`."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("distributed").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == run_name).info.run_id
+    return {
+        r.data.tags["stage"]: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, "train/loss"))
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent
+    }
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
+    workdir = tmp_path_factory.mktemp("distributed")
+    for name, overrides in RUNS.items():
+        train(workdir, synth_root, name, f"run_name={name}", *overrides)
+    return workdir
+
+
+def test_ddp_and_fsdp2_follow_the_single_process_run(runs: Path) -> None:
+    single = loss_histories(runs, "single")
+    assert [step for step, _ in single["instruct"]] == list(range(STEPS))
+    expected = load_file(runs / "single" / "stages" / "instruct" / "model.safetensors")
+    for name in ("ddp", "fsdp2"):
+        history = loss_histories(runs, name)
+        for stage in ("align", "instruct"):  # train/loss is the global batch's mean
+            steps, losses = zip(*history[stage])
+            assert list(steps) == [s for s, _ in single[stage]], (name, stage)
+            torch.testing.assert_close(
+                torch.tensor(losses), torch.tensor([v for _, v in single[stage]]), atol=1e-5, rtol=0
+            )
+        got = load_file(runs / name / "stages" / "instruct" / "model.safetensors")
+        assert got.keys() == expected.keys()
+        assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-5, name
+
+
+def test_lora_under_fsdp2_follows_the_single_process_run(runs: Path) -> None:
+    single, sharded = loss_histories(runs, "single-lora"), loss_histories(runs, "fsdp2-lora")
+    torch.testing.assert_close(
+        torch.tensor([v for _, v in sharded["instruct"]]),
+        torch.tensor([v for _, v in single["instruct"]]),
+        atol=1e-5,
+        rtol=0,
+    )
+    stages = {name: runs / name / "stages" / "instruct" for name in ("single-lora", "fsdp2-lora")}
+    for stage in stages.values():  # adapters saved from the gathered weights, merged into the stage's file
+        assert (stage / "adapters" / "llm" / "adapter_model.safetensors").is_file()
+    expected, got = (load_file(stage / "model.safetensors") for stage in stages.values())
+    assert got.keys() == expected.keys() and not any("lora_" in k for k in got)
+    assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-5
+
+
+def test_a_sharded_checkpoint_resumes_and_converts_for_vlmlab_eval(runs: Path, synth_root: Path) -> None:
+    run_dir = runs / "fsdp2"
+    checkpoints = run_dir / "stages" / "instruct" / "checkpoints"
+    assert (checkpoints / "last.ckpt" / ".metadata").is_file()  # a folder of shards, one file per process
+    assert {p.name for p in (checkpoints / "last.ckpt").glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
+    final = load_file(run_dir / "stages" / "instruct" / "model.safetensors")
+
+    # Interrupted after step 2: the state says running, last.ckpt is the step-2 checkpoint.
+    state_file = run_dir / "curriculum_state.json"
+    state = json.loads(state_file.read_text())
+    state["finished"] = False
+    state["stages"]["instruct"]["status"] = "running"
+    state_file.write_text(json.dumps(state))
+    (run_dir / "stages" / "instruct" / "model.safetensors").unlink()
+    shutil.rmtree(checkpoints / "last.ckpt")
+    (checkpoints / f"epoch=0-step={STEPS // 2}.ckpt").rename(checkpoints / "last.ckpt")
+    train(runs, synth_root, "fsdp2-resumed", "run_name=fsdp2", *RUNS["fsdp2"], f"resume={run_dir}")
+    resumed = load_file(run_dir / "stages" / "instruct" / "model.safetensors")
+    assert max((resumed[k] - final[k]).abs().max().item() for k in final) <= 1e-6
+    assert [step for step, _ in loss_histories(runs, "fsdp2")["instruct"]][-1] == STEPS - 1
+
+    # vlmlab-eval reads the sharded checkpoint folder in one process: the same scores as the stage's file.
+    scores = {}
+    for name, checkpoint in (("sharded", checkpoints / "last.ckpt"), ("file", run_dir / "stages" / "instruct")):
+        model_and_data = [o for o in COMMON if o.startswith(("model.", "data."))]
+        command = [str(BIN / "vlmlab-eval"), *model_and_data, f"data.root={synth_root}", f"checkpoint={checkpoint}"]
+        command += [f"hydra.run.dir=eval-{name}", "sources=[vqa]", "max_new_tokens=4"]
+        result = subprocess.run(command, cwd=runs, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[name] = json.loads((runs / f"eval-{name}" / "metrics.json").read_text())
+    assert scores["sharded"] == scores["file"] and "test/vqa/vqa_accuracy" in scores["file"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_under_torchrun_train_like_one_process(runs: Path, synth_root: Path) -> None:
+    """Two torchrun launches, as on two machines: --nnodes 2, node ranks 0 and 1, rendezvous on 127.0.0.1."""
+    port = free_port()
+    nodes = [
+        subprocess.Popen(
+            [str(BIN / "torchrun"), "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1"]
+            + ["--master_addr=127.0.0.1", f"--master_port={port}", "-m", "vlmlab.cli.train"]
+            + [*COMMON, f"data.root={synth_root}", "hydra.run.dir=two-nodes", "run_name=two-nodes"]
+            + ["trainer.num_nodes=2", "trainer.devices=1", "strategy=ddp"],
+            cwd=runs,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    for node in nodes:
+        _, stderr = node.communicate(timeout=600)
+        assert node.returncode == 0, stderr[-3000:]
+    history, single = loss_histories(runs, "two-nodes"), loss_histories(runs, "single")
+    for stage in ("align", "instruct"):
+        assert [s for s, _ in history[stage]] == [s for s, _ in single[stage]]
+        torch.testing.assert_close(
+            torch.tensor([v for _, v in history[stage]]), torch.tensor([v for _, v in single[stage]]), atol=1e-5, rtol=0
+        )
