@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
@@ -69,10 +70,25 @@ def test_every_tiny_encoder_builds_into_a_model(compose_config, encoder: str) ->
     assert model.connector.num_in_tokens == model.encoder.num_patches
 
 
+IMAGE_TOKENS = {  # per connector preset, for a 12 x 12 patch grid
+    "linear": 144,
+    "mlp2x_gelu": 144,
+    "pixel_shuffle": 36,
+    "avgpool": 144,
+    "c_abstractor": 144,
+    "perceiver": 64,
+    "qformer": 32,
+}
+
+
 @pytest.mark.parametrize("connector", group_options("model/connector"))
 def test_every_connector_preset_builds(compose_config, connector: str) -> None:
-    model = build_vlm(compose_config([f"model/connector={connector}"]).model)
-    assert model.num_image_tokens == model.encoder.num_patches
+    cfg = compose_config([f"model/connector={connector}", "model.encoder.model_kwargs.patch_size=8"])
+    model = build_vlm(cfg.model)
+    assert model.encoder.num_patches == 144
+    assert model.num_image_tokens == IMAGE_TOKENS[connector]
+    images = model.encode_images(torch.randn(2, 3, 96, 96))
+    assert images.shape == (2, IMAGE_TOKENS[connector], model.llm.hidden_size)
 
 
 def test_demo_experiment_composes_with_its_curriculum(compose_config) -> None:
@@ -93,7 +109,10 @@ def test_unknown_preset_lists_the_valid_choices(compose_config) -> None:
 
 def test_dot_instead_of_slash_is_caught(compose_config) -> None:
     cfg = compose_config(["model.connector=mlp2x_gelu"])
-    with pytest.raises(ValueError, match="write model/connector=NAME \\(with a slash\\).*Presets: linear, mlp2x_gelu"):
+    with pytest.raises(
+        ValueError,
+        match="write model/connector=NAME \\(with a slash\\).*Presets: avgpool, c_abstractor, linear, mlp2x_gelu",
+    ):
         validate_config(cfg)
 
 

@@ -26,7 +26,6 @@ COMMON = [
     f"curriculum.stages.instruct.val_check_interval={STEPS}",
     "curriculum.stages.instruct.gradient_clip_val=0.01",  # clipping acts: the global norm must be right
     "data.group_by_length=false",  # the same samples in each global batch however it is split
-    "~callbacks.generation_validation",
     "eval.enabled=false",
     "trainer.accelerator=cpu",
     "experiment_name=distributed",
@@ -36,13 +35,15 @@ LORA = [  # no adapter dropout: its random masks differ between one process and 
     "curriculum.stages.instruct.lora.r=4",
     "curriculum.stages.instruct.lora.dropout=0.0",
 ]
+NO_GENERATION = "~callbacks.generation_validation"
 RUNS = {
-    "single": ["trainer.devices=1"],
-    "single-lora": ["trainer.devices=1", *LORA],
-    "fsdp2-lora": ["trainer.devices=2", "strategy=fsdp2", *LORA],
-    "ddp": ["trainer.devices=2", "strategy=ddp"],
+    "single": ["trainer.devices=1", NO_GENERATION],
+    "single-lora": ["trainer.devices=1", *LORA, NO_GENERATION],
+    "fsdp2-lora": ["trainer.devices=2", "strategy=fsdp2", *LORA],  # generation validation on: it must step aside
+    "ddp": ["trainer.devices=2", "strategy=ddp", NO_GENERATION],
     "fsdp2": [
         "trainer.devices=2",
+        NO_GENERATION,
         "strategy=fsdp2",
         "callbacks.checkpoint.every_n_train_steps=2",
         "callbacks.checkpoint.save_top_k=-1",
@@ -54,6 +55,7 @@ def train(workdir: Path, synth_root: Path, name: str, *extra: str) -> None:
     command = [str(BIN / "vlmlab-train"), *COMMON, f"data.root={synth_root}", f"hydra.run.dir={name}", *extra]
     result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / f"{name}.log").write_text(result.stdout + result.stderr)
 
 
 def loss_histories(workdir: Path, run_name: str) -> dict[str, list[tuple[int, float]]]:
@@ -101,6 +103,7 @@ def test_lora_under_fsdp2_follows_the_single_process_run(runs: Path) -> None:
         atol=1e-5,
         rtol=0,
     )
+    assert "generation_validation is skipped under a sharded strategy" in (runs / "fsdp2-lora.log").read_text()
     stages = {name: runs / name / "stages" / "instruct" for name in ("single-lora", "fsdp2-lora")}
     for stage in stages.values():  # adapters saved from the gathered weights, merged into the stage's file
         assert (stage / "adapters" / "llm" / "adapter_model.safetensors").is_file()
@@ -155,7 +158,7 @@ def test_two_nodes_under_torchrun_train_like_one_process(runs: Path, synth_root:
         subprocess.Popen(
             [str(BIN / "torchrun"), "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1"]
             + ["--master_addr=127.0.0.1", f"--master_port={port}", "-m", "vlmlab.cli.train"]
-            + [*COMMON, f"data.root={synth_root}", "hydra.run.dir=two-nodes", "run_name=two-nodes"]
+            + [*COMMON, f"data.root={synth_root}", "hydra.run.dir=two-nodes", "run_name=two-nodes", NO_GENERATION]
             + ["trainer.num_nodes=2", "trainer.devices=1", "strategy=ddp"],
             cwd=runs,
             stdout=subprocess.DEVNULL,

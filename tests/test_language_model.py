@@ -27,6 +27,10 @@ def test_from_config_adds_image_token_and_sizes_vocab() -> None:
     assert llm.hidden_size == 32
     assert {c.__name__ for c in llm.decoder_layer_classes()} == {"LlamaDecoderLayer"}
 
+    # A config may reserve a larger (padded) embedding matrix than the tokenizer fills, as Qwen's does.
+    padded = LanguageModel.from_config({**LLAMA, "vocab_size": 1024}, fresh_tokenizer(), chat_template="simple")
+    assert padded.model.get_input_embeddings().num_embeddings == 1024 > len(padded.tokenizer)
+
 
 def test_from_pretrained_folder_resizes_embeddings_and_sets_pad(tmp_path) -> None:
     tokenizer = fresh_tokenizer()

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
 from vlmlab.data.chat_format import to_messages
@@ -15,6 +16,7 @@ from vlmlab.data.conversation_dataset import record_images
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.eval.generation import generate_answers
 from vlmlab.eval.metrics import build_metrics, metric_values
+from vlmlab.training.distributed import is_sharded
 
 THUMBNAIL = 128  # pixels, longest side of the images in the sample table
 
@@ -41,16 +43,27 @@ class GenerationValidation(L.Callback):
     validation prompts of every source the stage trains on, split across processes, and logs each
     source's metrics as `val/<source>/<metric>` (synced across processes by torchmetrics). On rank 0,
     with an MLflow logger, the first `table_rows` samples go to the run as a table artifact
-    `val_samples/<source>/step_<N>.json` (image, question, prediction, references)."""
+    `val_samples/<source>/step_<N>.json` (image, question, prediction, references).
+
+    Under a sharded strategy (FSDP, FSDP2) it does nothing but say so once: every forward pass of a
+    sharded model is collective, and generation stops at different lengths on each process. `val/loss`
+    still runs there; the stage's saved weights are scored with `vlmlab-eval`.
+    """
 
     def __init__(self, limit: int | None = 64, max_new_tokens: int = 32, table_rows: int = 8) -> None:
         self.limit = limit
         self.max_new_tokens = max_new_tokens
         self.table_rows = table_rows
+        self.warned = False
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         if trainer.sanity_checking or not isinstance(datamodule, VLMDataModule):
+            return
+        if is_sharded(trainer.strategy):
+            if not self.warned:
+                rank_zero_warn("generation_validation is skipped under a sharded strategy (fsdp, fsdp2)")
+                self.warned = True
             return
         for source in datamodule.mixture:
             spec = datamodule.sources[source]

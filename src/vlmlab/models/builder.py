@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, llm: LanguageModel) -> Connector:
     """Call a connector class (or partial) with the encoder's and LLM's dims, checking the contract."""
-    name = getattr(factory, "func", factory)
+    target = getattr(factory, "func", factory)
+    name = f"{target.__module__}.{target.__qualname__}" if hasattr(target, "__qualname__") else str(target)
     try:
         connector = factory(in_dim=encoder.output_dim, out_dim=llm.hidden_size, num_in_tokens=encoder.num_patches)
     except TypeError as err:

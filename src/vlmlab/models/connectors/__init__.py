@@ -3,5 +3,17 @@
 from vlmlab.models.connectors.base import Connector
 from vlmlab.models.connectors.linear import LinearConnector
 from vlmlab.models.connectors.mlp import MLPConnector
+from vlmlab.models.connectors.pixel_shuffle import PixelShuffleConnector
+from vlmlab.models.connectors.pooling import AvgPoolConnector, CAbstractorConnector
+from vlmlab.models.connectors.resampler import PerceiverResamplerConnector, QFormerConnector
 
-__all__ = ["Connector", "LinearConnector", "MLPConnector"]
+__all__ = [
+    "AvgPoolConnector",
+    "CAbstractorConnector",
+    "Connector",
+    "LinearConnector",
+    "MLPConnector",
+    "PerceiverResamplerConnector",
+    "PixelShuffleConnector",
+    "QFormerConnector",
+]

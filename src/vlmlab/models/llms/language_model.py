@@ -87,14 +87,15 @@ class LanguageModel(nn.Module):
     ) -> LanguageModel:
         """Random weights from a config dict (`model_type` plus its fields), e.g. a tiny Llama for tests.
 
-        `vocab_size` and the special token ids are taken from the tokenizer, so they cannot disagree.
+        The special token ids are taken from the tokenizer, so they cannot disagree; `vocab_size` is the
+        tokenizer's, or the config's where that is larger (a padded embedding matrix, as Qwen's).
         """
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer)
         fields = dict(config)
         model_type = fields.pop("model_type")
         fields.update(
-            vocab_size=len(tokenizer),
+            vocab_size=max(len(tokenizer), int(fields.get("vocab_size") or 0)),
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
