@@ -24,6 +24,7 @@ GROUPS = [
     "trainer",
     "strategy",
     "launcher",
+    "hparams_search",
     "logger",
     "callbacks",
     "paths",

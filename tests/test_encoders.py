@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from vlmlab.models.encoders import HFVisionEncoder, TimmVisionEncoder
+from vlmlab.models.encoders import FusedVisionEncoder, HFVisionEncoder, TimmVisionEncoder
 
 TINY_VIT = dict(patch_size=8, embed_dim=32, depth=3, num_heads=2)
 TINY_HF = dict(
@@ -85,3 +85,38 @@ def test_block_classes_name_the_transformer_blocks() -> None:
     expected = {"clip": "CLIPEncoderLayer", "siglip": "SiglipEncoderLayer", "dinov2": "Dinov2Layer"}
     for family, name in expected.items():
         assert {c.__name__ for c in HFVisionEncoder(family, config=TINY_HF).block_classes()} == {name}
+
+
+def test_features_from_several_layers_are_concatenated_per_patch() -> None:
+    torch.manual_seed(0)
+    hf = HFVisionEncoder("siglip", config=TINY_HF, feature_layer=[-3, -1], feature_select="full")
+    x = torch.randn(2, 3, 32, 32)
+    hidden = hf.model(x, output_hidden_states=True).hidden_states
+    assert hf.output_dim == 64
+    torch.testing.assert_close(hf(x), torch.cat([hidden[-3], hidden[-1]], dim=-1))
+
+    timm_encoder = TimmVisionEncoder("vit_tiny_patch16_224", image_size=32, feature_layer=[0, 2], model_kwargs=TINY_VIT)
+    single = [
+        TimmVisionEncoder("vit_tiny_patch16_224", image_size=32, feature_layer=i, model_kwargs=TINY_VIT) for i in (0, 2)
+    ]
+    for encoder in single:
+        encoder.load_state_dict(timm_encoder.state_dict())
+    assert (timm_encoder.num_patches, timm_encoder.output_dim) == (16, 64)
+    torch.testing.assert_close(timm_encoder(x), torch.cat([e(x) for e in single], dim=-1))
+
+
+def test_a_fused_encoder_concatenates_its_encoders_on_their_own_inputs() -> None:
+    dinov2 = HFVisionEncoder("dinov2", config=TINY_HF)  # ImageNet normalisation, drops CLS
+    siglip = HFVisionEncoder("siglip", config={**TINY_HF, "image_size": 48, "patch_size": 12}, feature_select="full")
+    fused = FusedVisionEncoder({"dinov2": dinov2, "siglip": siglip})
+    assert (fused.num_patches, fused.output_dim) == (16, 64)
+    assert fused.preprocessing == dinov2.preprocessing  # the data pipeline prepares images for the first
+    x = torch.randn(2, 3, 32, 32)  # as prepared for DINOv2
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (dinov2.preprocessing.mean, dinov2.preprocessing.std))
+    raw = torch.nn.functional.interpolate(x * std + mean, size=(48, 48), mode="bicubic", align_corners=False)
+    expected = torch.cat([dinov2(x), siglip((raw - 0.5) / 0.5)], dim=-1)  # SigLIP's own size and normalisation
+    torch.testing.assert_close(fused(x), expected)
+
+    other = HFVisionEncoder("siglip", config={**TINY_HF, "patch_size": 4}, feature_select="full")  # 64 patches
+    with pytest.raises(ValueError, match=r"the encoders give \[16, 64\] patches; set their image sizes"):
+        FusedVisionEncoder([dinov2, other])

@@ -11,6 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
@@ -52,6 +55,16 @@ def log_config(client: MlflowClient, run_id: str, cfg: DictConfig) -> None:
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
 
 
+def sweep_tags() -> dict[str, str]:
+    """Tags that group the runs of one Hydra multirun (`vlmlab-train -m ...`): the sweep folder, the
+    job's number and its overrides. Empty for a single run."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra = HydraConfig.get()
+    overrides = " ".join(hydra.overrides.task)
+    return {"sweep": hydra.sweep.dir, "sweep.job": str(hydra.job.num), "sweep.overrides": overrides}
+
+
 def experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
     """The id of experiment `name`, created when missing. A tracking server (http/https) stores the
     artifacts of the experiments it creates itself: `artifact_location` applies to local stores only."""
@@ -84,7 +97,7 @@ class CurriculumTracker:
             self.parent_run_id = parent_run_id
             self.client.update_run(parent_run_id, status="RUNNING")
             return
-        tags = {"mlflow.runName": run_name, "kind": "curriculum"}
+        tags = {"mlflow.runName": run_name, "kind": "curriculum", **sweep_tags()}
         if self.commit:
             tags["mlflow.source.git.commit"] = self.commit
         self.parent_run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
@@ -92,12 +105,21 @@ class CurriculumTracker:
     def log_config(self, run_id: str, cfg: DictConfig) -> None:
         log_config(self.client, run_id, cfg)
 
+    def log_model_facts(self, parts: dict[str, torch.nn.Module], image_tokens: int) -> None:
+        """Parameter count per part (`model/params/<part>`) and image tokens per image, for comparisons."""
+        for part, module in parts.items():
+            self.client.log_metric(
+                self.parent_run_id, f"model/params/{part}", sum(p.numel() for p in module.parameters())
+            )
+        self.client.log_metric(self.parent_run_id, "model/image_tokens", image_tokens)
+
     def stage_logger(self, stage: str, init_from: str | None, run_id: str | None = None) -> MLFlowLogger:
         """The stage's child run; with `run_id`, that existing run continues (a resumed stage)."""
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=run_id)
         tags = {"mlflow.parentRunId": self.parent_run_id, "stage": stage, "init_from": init_from or "config"}
+        tags |= sweep_tags()
         if self.commit:
             tags["mlflow.source.git.commit"] = self.commit
         return MLFlowLogger(

@@ -271,6 +271,8 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
         if "parent_run_id" not in state:
             state["parent_run_id"] = tracker.parent_run_id
             tracker.log_config(tracker.parent_run_id, cfg)
+            parts = {"encoder": model.encoder, "connector": model.connector, "llm": model.llm}
+            tracker.log_model_facts(parts, model.num_image_tokens)
     metrics: dict[str, float] = {}
     datamodule = None
     try:

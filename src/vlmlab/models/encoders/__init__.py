@@ -1,7 +1,7 @@
 """Vision encoders: pixels -> patch features [B, N, d_vis]."""
 
-from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder
+from vlmlab.models.encoders.base import FusedVisionEncoder, ImagePreprocessing, VisionEncoder
 from vlmlab.models.encoders.hf_encoder import HFVisionEncoder
 from vlmlab.models.encoders.timm_encoder import TimmVisionEncoder
 
-__all__ = ["HFVisionEncoder", "ImagePreprocessing", "TimmVisionEncoder", "VisionEncoder"]
+__all__ = ["FusedVisionEncoder", "HFVisionEncoder", "ImagePreprocessing", "TimmVisionEncoder", "VisionEncoder"]

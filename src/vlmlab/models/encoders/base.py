@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+def feature_layers(feature_layer: int | Sequence[int]) -> list[int]:
+    """The layer indices to take features from: one, or several whose features are concatenated."""
+    layers = [feature_layer] if isinstance(feature_layer, int) else [int(i) for i in feature_layer]
+    if not layers:
+        raise ValueError("feature_layer is an empty list: name at least one layer")
+    return layers
 
 
 @dataclass(frozen=True)
@@ -39,3 +48,50 @@ class VisionEncoder(nn.Module):
     def block_classes(self) -> set[type[nn.Module]]:
         """Transformer block classes, the units that FSDP wraps and activation checkpointing recomputes."""
         raise NotImplementedError
+
+
+class FusedVisionEncoder(VisionEncoder):
+    """Several encoders side by side, their features concatenated per patch (Prismatic's DINOv2 +
+    SigLIP: `output_dim` is the sum of theirs). They must give the same patch count.
+
+    It takes images prepared for the first encoder and converts them for each of the others (its
+    size, its normalisation), so the data pipeline prepares one tensor per image as for any encoder.
+    """
+
+    def __init__(self, encoders: Sequence[VisionEncoder] | Mapping[str, VisionEncoder]) -> None:
+        """`encoders`: a list, or a mapping name -> encoder (its order is kept), as the YAML gives it."""
+        super().__init__()
+        encoders = list(encoders.values()) if isinstance(encoders, Mapping) else list(encoders)
+        if len(encoders) < 2:
+            raise ValueError(f"FusedVisionEncoder needs at least two encoders, got {len(encoders)}")
+        self.model = nn.ModuleList(encoders)  # `model`: the backbone, as for every encoder (LoRA finds it)
+        self.preprocessing = encoders[0].preprocessing
+        counts = [e.num_patches for e in encoders]
+        if len(set(counts)) > 1:
+            raise ValueError(
+                f"FusedVisionEncoder: the encoders give {counts} patches; set their image sizes so that the "
+                "patch grids match (e.g. DINOv2 and SigLIP with patch 14 both at 384 px: 729)"
+            )
+        self._probe_shapes()
+
+    def _for(self, encoder: VisionEncoder, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` (prepared for the first encoder) as `encoder` expects them."""
+        ours, theirs = self.preprocessing, encoder.preprocessing
+        if theirs == ours:
+            return pixel_values
+
+        def stats(values: tuple[float, ...]) -> torch.Tensor:
+            return torch.tensor(values, dtype=pixel_values.dtype, device=pixel_values.device).view(1, 3, 1, 1)
+
+        raw = pixel_values * stats(ours.std) + stats(ours.mean)
+        if (theirs.height, theirs.width) != (ours.height, ours.width):
+            raw = nn.functional.interpolate(
+                raw, size=(theirs.height, theirs.width), mode="bicubic", align_corners=False
+            )
+        return (raw - stats(theirs.mean)) / stats(theirs.std)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return torch.cat([encoder(self._for(encoder, pixel_values)) for encoder in self.model], dim=-1)
+
+    def block_classes(self) -> set[type[nn.Module]]:
+        return set().union(*(encoder.block_classes() for encoder in self.model))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from transformers import (
 )
 
 from vlmlab.models.blocks import repeated_block_classes
-from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder
+from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder, feature_layers
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -49,7 +50,8 @@ class HFVisionEncoder(VisionEncoder):
         family: `clip`, `siglip` or `dinov2`.
         pretrained: hub id or local folder; `None` builds random weights from `config`.
         config: config fields for a model built from scratch (tiny test models), or overrides.
-        feature_layer: index into the tower's hidden states (embeddings are 0), -2 as in LLaVA-1.5.
+        feature_layer: index into the tower's hidden states (embeddings are 0), -2 as in LLaVA-1.5; a list
+            of indices concatenates those layers' features per patch.
         feature_select: `default` drops the CLS token, `full` keeps it (LLaVA's
             `vision_feature_select_strategy`); SigLIP has no CLS so both are the same.
         image_size: input size override; DINOv2 interpolates its position embeddings.
@@ -61,7 +63,7 @@ class HFVisionEncoder(VisionEncoder):
         family: Literal["clip", "siglip", "dinov2"],
         pretrained: str | None = None,
         config: dict[str, Any] | None = None,
-        feature_layer: int = -2,
+        feature_layer: int | Sequence[int] = -2,
         feature_select: Literal["default", "full"] = "default",
         image_size: int | None = None,
         image_mean: tuple[float, float, float] | None = None,
@@ -78,7 +80,7 @@ class HFVisionEncoder(VisionEncoder):
         else:
             self.model = spec.model_cls(spec.config_cls(**(config or {})))
         self.family = family
-        self.feature_layer = feature_layer
+        self.feature_layers = feature_layers(feature_layer)
         self.num_dropped_tokens = spec.num_prefix_tokens if feature_select == "default" else 0
         size = image_size or self.model.config.image_size
         self.preprocessing = ImagePreprocessing(
@@ -95,7 +97,7 @@ class HFVisionEncoder(VisionEncoder):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values, output_hidden_states=True, **self._forward_kwargs)
-        features = out.hidden_states[self.feature_layer]  # (B, prefix + N, d)
+        features = torch.cat([out.hidden_states[i] for i in self.feature_layers], dim=-1)  # (B, prefix + N, d * k)
         return features[:, self.num_dropped_tokens :]
 
     def block_classes(self) -> set[type[torch.nn.Module]]:

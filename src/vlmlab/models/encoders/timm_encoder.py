@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import timm
 import torch
 
-from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder
+from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder, feature_layers
 
 
 class TimmVisionEncoder(VisionEncoder):
@@ -17,7 +18,8 @@ class TimmVisionEncoder(VisionEncoder):
         model_name: a timm model name, e.g. `vit_large_patch14_clip_336.openai`.
         pretrained: load timm's pretrained weights (from the hub, or from `checkpoint_path`).
         checkpoint_path: a local weights file used instead of the hub when `pretrained` is true.
-        feature_layer: block whose output is used; negative counts from the end (-2 = penultimate, as LLaVA).
+        feature_layer: block whose output is used; negative counts from the end (-2 = penultimate, as LLaVA);
+            a list of blocks concatenates their features per patch.
         keep_prefix_tokens: keep CLS/register tokens in front of the patch tokens.
         image_size: input size override (timm resizes position embeddings).
         model_kwargs: extra constructor arguments (depth, embed_dim, patch_size, ... for tiny models).
@@ -28,7 +30,7 @@ class TimmVisionEncoder(VisionEncoder):
         model_name: str,
         pretrained: bool = False,
         checkpoint_path: str | None = None,
-        feature_layer: int = -2,
+        feature_layer: int | Sequence[int] = -2,
         keep_prefix_tokens: bool = False,
         image_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
@@ -45,7 +47,7 @@ class TimmVisionEncoder(VisionEncoder):
                 f"timm model '{model_name}' has no forward_intermediates(), so vlmlab cannot take features "
                 "from a chosen block; pick a ViT, EVA, ConvNeXt or another timm model that has it."
             )
-        self.feature_layer = feature_layer
+        self.feature_layers = feature_layers(feature_layer)
         self.keep_prefix_tokens = keep_prefix_tokens
         data_config = timm.data.resolve_model_data_config(self.model)
         _, height, width = data_config["input_size"]
@@ -64,9 +66,9 @@ class TimmVisionEncoder(VisionEncoder):
             ) from err
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        (out,) = self.model.forward_intermediates(
+        outs = self.model.forward_intermediates(
             pixel_values,
-            indices=[self.feature_layer],
+            indices=self.feature_layers,
             return_prefix_tokens=self.keep_prefix_tokens,
             norm=False,
             stop_early=True,
@@ -75,7 +77,9 @@ class TimmVisionEncoder(VisionEncoder):
         )
         prefix = None
         if self.keep_prefix_tokens:
-            out, prefix = out
+            outs, prefixes = zip(*outs)
+            prefix = torch.cat(prefixes, dim=-1)
+        out = torch.cat(outs, dim=1)  # layers side by side: (B, C * k, H, W)
         features = out.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C), row-major patches
         if prefix is not None:
             features = torch.cat([prefix, features], dim=1)
