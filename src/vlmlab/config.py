@@ -30,8 +30,8 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Catch what Hydra itself accepts but cannot work, with the fix in the message."""
+def validate_model_config(cfg: DictConfig) -> None:
+    """Each model part is a component config, not the string a `model.part=NAME` typo leaves."""
     for part in MODEL_GROUPS:
         node = cfg.model.get(part)
         if not isinstance(node, DictConfig) or "_target_" not in node:
@@ -40,6 +40,11 @@ def validate_config(cfg: DictConfig) -> None:
                 f"model/{part}=NAME (with a slash); `model.{part}=NAME` replaces the whole node with a string. "
                 f"Presets: {', '.join(group_options(f'model/{part}'))}"
             )
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Catch what Hydra itself accepts but cannot work, with the fix in the message."""
+    validate_model_config(cfg)
     sources = cfg.data.get("sources")
     if not sources:
         raise ValueError("data.sources is empty: choose a data preset (data=synthetic) or add sources")

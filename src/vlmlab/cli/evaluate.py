@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.config import config_dir, validate_config
-from vlmlab.eval.checkpoint import load_weights, weights_path
+from vlmlab.eval.checkpoint import load_weights, saved_tokenizer, weights_path
 from vlmlab.eval.generation import evaluate_with_blind_baseline
 from vlmlab.eval.submission import submission
 from vlmlab.models.builder import build_vlm
@@ -25,13 +25,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Everything `vlmlab-eval` does after Hydra composed `cfg`; returns the metrics."""
     validate_config(cfg)
     weights = weights_path(cfg.checkpoint)
-    # The tokenizer the stage trained with: beside its weights, or beside a checkpoints/ folder.
-    saved_tokenizer = next(
-        (d / "tokenizer" for d in (weights.parent, weights.parent.parent) if (d / "tokenizer").is_dir()),
-        weights.parent / "tokenizer",
-    )
-    if saved_tokenizer.is_dir() and "tokenizer" in cfg.model.llm:
-        OmegaConf.update(cfg, "model.llm.tokenizer", str(saved_tokenizer), merge=False)  # the ids it trained with
+    tokenizer = saved_tokenizer(weights)
+    if tokenizer is not None and "tokenizer" in cfg.model.llm:
+        OmegaConf.update(cfg, "model.llm.tokenizer", str(tokenizer), merge=False)  # the ids it trained with
     sources = list(cfg.sources or [n for n, s in cfg.data.sources.items() if s.get(cfg.split) is not None])
     missing = [n for n in sources if n not in cfg.data.sources or cfg.data.sources[n].get(cfg.split) is None]
     if missing:

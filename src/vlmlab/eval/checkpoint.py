@@ -41,6 +41,12 @@ def weights_path(checkpoint: str | Path) -> Path:
     return path
 
 
+def saved_tokenizer(weights: Path) -> Path | None:
+    """The tokenizer a stage trained with (its ids, its `<image>` token, its chat template): the
+    `tokenizer/` folder beside the weights, or beside the `checkpoints/` folder holding them."""
+    return next((d / "tokenizer" for d in (weights.parent, weights.parent.parent) if (d / "tokenizer").is_dir()), None)
+
+
 def _listed(names: list[str]) -> str:
     return ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
 

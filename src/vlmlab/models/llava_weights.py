@@ -20,14 +20,26 @@ LLAVA_TO_VLMLAB = (
 )
 
 
-def llava_to_vlmlab(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a LLaVA state dict to vlmlab's names; an unknown key is an error, not a silent drop."""
+def _renamed(
+    state_dict: dict[str, torch.Tensor], prefixes: list[tuple[str, str]], source: str, target: str
+) -> dict[str, torch.Tensor]:
+    """Replace each key's (from, to) prefix; a key no prefix matches is an error, not a silent drop."""
     renamed = {}
     for key, value in state_dict.items():
-        for llava_prefix, vlmlab_prefix in LLAVA_TO_VLMLAB:
-            if key.startswith(llava_prefix):
-                renamed[vlmlab_prefix + key[len(llava_prefix) :]] = value
+        for old, new in prefixes:
+            if key.startswith(old):
+                renamed[new + key[len(old) :]] = value
                 break
         else:
-            raise KeyError(f"LLaVA weight '{key}' has no counterpart in vlmlab's model")
+            raise KeyError(f"{source} weight '{key}' has no counterpart in {target}'s layout")
     return renamed
+
+
+def llava_to_vlmlab(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a LLaVA state dict to vlmlab's names."""
+    return _renamed(state_dict, list(LLAVA_TO_VLMLAB), "LLaVA", "vlmlab")
+
+
+def vlmlab_to_llava(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename vlmlab's weights to LLaVA's."""
+    return _renamed(state_dict, [(new, old) for old, new in LLAVA_TO_VLMLAB], "vlmlab", "LLaVA")

@@ -1,0 +1,37 @@
+"""What the commands that use a trained model share: loading it as the command line says, the device."""
+
+from __future__ import annotations
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from vlmlab.config import validate_model_config
+from vlmlab.inference.loading import LoadedModel, load_model
+
+
+def model_choices_given() -> bool:
+    """Whether the command line chose or changed any model/* group (so that it must not be ignored)."""
+    return any(o.lstrip("+~").startswith("model") for o in HydraConfig.get().overrides.task)
+
+
+def device(name: str) -> str:
+    """`auto` is cuda when there is one, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_from_command_line(cfg: DictConfig) -> LoadedModel:
+    """The model `cfg.checkpoint` names, built from its own saved config or the command's model/* groups."""
+    if cfg.model_source == "groups":
+        validate_model_config(cfg)
+    loaded = load_model(
+        cfg.checkpoint,
+        cfg.model,
+        model_source=cfg.model_source,
+        image_resize=cfg.image_resize,
+        model_choices_given=model_choices_given(),
+    )
+    loaded.model.to(device(cfg.device))
+    return loaded

@@ -1,0 +1,48 @@
+"""`vlmlab-export`: a trained model as a Hugging Face LLaVA folder, or in vlmlab's own folder format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from vlmlab.cli.common import load_from_command_line
+from vlmlab.config import config_dir
+from vlmlab.inference.loading import save_model_folder
+from vlmlab.models.hf_llava import check_fits_llava, export_hf_llava
+
+FORMATS = ("hf_llava", "vlmlab")
+
+
+def export(cfg: DictConfig) -> Path:
+    """Everything `vlmlab-export` does after Hydra composed `cfg`; returns the folder written."""
+    if cfg.format not in FORMATS:
+        raise ValueError(f"format={cfg.format!r} is not one of {', '.join(FORMATS)}")
+    output = Path(cfg.output)
+    if output.exists() and any(output.iterdir()) and not cfg.overwrite:
+        raise ValueError(f"output={output} exists and is not empty; choose another folder or set overwrite=true")
+    loaded = load_from_command_line(cfg)
+    if cfg.format == "vlmlab":
+        save_model_folder(loaded, output)
+        print(f"wrote {output} (vlmlab format): vlmlab-generate checkpoint={output} ...")
+        return output
+    check_fits_llava(loaded.model)  # before anything is written
+    export_hf_llava(loaded.model, output, loaded.image_resize)
+    print(
+        f"wrote {output}: LlavaForConditionalGeneration.from_pretrained('{output}') and "
+        f"AutoProcessor.from_pretrained('{output}') load it"
+    )
+    return output
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        export(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"vlmlab-export: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

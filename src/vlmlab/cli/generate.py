@@ -1,0 +1,123 @@
+"""`vlmlab-generate`: answer one prompt about images, or a JSONL file of requests, with a trained model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import Progress
+
+from vlmlab.cli.common import load_from_command_line
+from vlmlab.config import config_dir
+from vlmlab.inference.answer import Assistant, GenerationOptions, ImageLoadError
+
+SHOWN_ERRORS = 5
+
+
+def generation_options(cfg: DictConfig) -> GenerationOptions:
+    stop = [cfg.stop] if isinstance(cfg.stop, str) else list(cfg.stop or [])
+    return GenerationOptions(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, tuple(stop))
+
+
+def image_list(image: Any) -> list[str]:
+    """An image field: absent, one path, or a list of paths."""
+    if image is None:
+        return []
+    return [image] if isinstance(image, str) else [str(i) for i in image]
+
+
+def read_requests(path: Path, image_root: Path) -> list[dict[str, Any]]:
+    """The requests of a JSONL file, each with its `images` resolved; every bad line is reported at once,
+    by line number, before any generation starts."""
+    if not path.is_file():
+        raise FileNotFoundError(f"requests={path}: no such file")
+    requests, errors = [], []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as err:
+            errors.append(f"{path} line {number}: not JSON ({err})")
+            continue
+        if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
+            errors.append(f'{path} line {number}: a request is an object with a string "prompt"')
+            continue
+        images = [image_root / p for p in image_list(request.get("image", request.get("images")))]
+        errors += [f"{path} line {number}: image {p} does not exist" for p in images if not p.is_file()]
+        requests.append({**request, "id": request.get("id", number), "line": number, "images": images})
+    if errors:
+        more = f" (+{len(errors) - SHOWN_ERRORS} more)" if len(errors) > SHOWN_ERRORS else ""
+        raise ValueError("; ".join(errors[:SHOWN_ERRORS]) + more)
+    return requests
+
+
+def answer_requests(
+    assistant: Assistant, requests: Sequence[dict[str, Any]], options: GenerationOptions, output: Path, batch_size: int
+) -> None:
+    """Answer in batches, appending one JSON line per request to `output` as each batch finishes."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w") as out, Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("generating", total=len(requests))
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start : start + batch_size]
+            samples = []
+            for request in chunk:
+                try:
+                    images = [assistant.load_image(p) for p in request["images"]]
+                    message = assistant.user_message(request["prompt"], len(images))
+                except ValueError as err:
+                    raise ValueError(f"requests line {request['line']}: {err}") from err
+                samples.append(assistant.encode([message], images))
+            for request, answer in zip(chunk, assistant.answer(samples, options)):
+                row = {k: v for k, v in request.items() if k not in ("images", "line")}
+                out.write(json.dumps({**row, "answer": answer}) + "\n")
+            out.flush()
+            progress.advance(task, len(chunk))
+
+
+def generate(cfg: DictConfig) -> list[str] | None:
+    """Everything `vlmlab-generate` does after Hydra composed `cfg`; the answer in single mode."""
+    if (cfg.requests is None) == (cfg.prompt is None):
+        raise ValueError("give either prompt=... (and image=...) or requests=FILE.jsonl output=FILE.jsonl")
+    if cfg.requests is not None and cfg.output is None:
+        raise ValueError("requests=... needs output=FILE.jsonl for the answers")
+    requests = None
+    if cfg.requests is not None:
+        requests = read_requests(Path(cfg.requests), Path(cfg.image_root or Path(cfg.requests).parent))
+    else:
+        missing = [p for p in image_list(cfg.image) if not (Path(cfg.image_root or ".") / p).is_file()]
+        if missing:
+            raise ImageLoadError(f"image {Path(cfg.image_root or '.') / missing[0]} does not exist")
+    torch.manual_seed(cfg.seed)
+    loaded = load_from_command_line(cfg)
+    assistant = Assistant(loaded.model, loaded.image_resize, cfg.system)
+    options = generation_options(cfg)
+    if requests is not None:
+        answer_requests(assistant, requests, options, Path(cfg.output), cfg.batch_size)
+        print(f"{len(requests)} answers in {cfg.output}", file=sys.stderr)
+        return None
+    images = [assistant.load_image(Path(cfg.image_root or ".") / p) for p in image_list(cfg.image)]
+    sample = assistant.encode([assistant.user_message(cfg.prompt, len(images))], images)
+    (answer,) = assistant.answer([sample], options)
+    print(answer)
+    return [answer]
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="generate")
+def main(cfg: DictConfig) -> None:
+    try:
+        generate(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"vlmlab-generate: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""`vlmlab-import`: a Hugging Face LLaVA folder -> a vlmlab model folder plus model presets to train from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from vlmlab.config import config_dir
+from vlmlab.inference.loading import LoadedModel, save_model_folder
+from vlmlab.models.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
+
+
+def write_presets(model_config: dict, conf: Path, name: str) -> list[Path]:
+    """`conf/model/encoder/<name>.yaml` and `conf/model/llm/<name>.yaml`: with
+    `hydra.searchpath=[file://<conf>]` they are model/* choices like the packaged ones."""
+    files = []
+    for part in ("encoder", "llm"):
+        path = conf / "model" / part / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(model_config[part], path)
+        files.append(path)
+    return files
+
+
+def import_llava(cfg: DictConfig) -> Path:
+    """Everything `vlmlab-import` does after Hydra composed `cfg`; returns the folder written."""
+    source, output = Path(cfg.source), Path(cfg.output)
+    if not is_hf_llava_folder(source):
+        raise ValueError(f"source={source} holds no transformers LLaVA (a config.json with model_type 'llava')")
+    if output.exists() and any(output.iterdir()) and not cfg.overwrite:
+        raise ValueError(f"output={output} exists and is not empty; choose another folder or set overwrite=true")
+    model, model_config, mode = vlm_from_hf_llava(source, cfg.chat_template)
+    save_model_folder(LoadedModel(model, model_config, mode, str(source)), output)
+    saved = OmegaConf.load(output / "model.yaml").model  # its llm.tokenizer is the saved tokenizer
+    write_presets(OmegaConf.to_container(saved), output / "conf", cfg.name)
+    conf = (output / "conf").resolve()
+    print(
+        f"wrote {output}. Use it: vlmlab-generate checkpoint={output} image=... prompt=...\n"
+        f"Train from it: vlmlab-train 'hydra.searchpath=[file://{conf}]' model/encoder={cfg.name} "
+        f"model/connector=mlp2x_gelu model/llm={cfg.name} data.image_resize={mode} init_from={output.resolve()}"
+    )
+    return output
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="import")
+def main(cfg: DictConfig) -> None:
+    try:
+        import_llava(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"vlmlab-import: {err}") from err
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Answering prompts with a loaded model: prompts formatted exactly as in training, generation options,
+stop strings, and token streaming for the chat."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+from PIL import Image
+from transformers import TextStreamer
+
+from vlmlab.data.chat_format import ChatFormatter
+from vlmlab.data.conversation_dataset import collate
+from vlmlab.data.image_processing import ImageProcessor, ResizeMode
+from vlmlab.models.vlm import VisionLanguageModel
+
+
+class ImageLoadError(ValueError):
+    """An image that does not exist or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 64
+    do_sample: bool = False  # greedy unless True
+    temperature: float = 1.0  # sampling only
+    top_p: float = 1.0  # sampling only: nucleus mass kept
+    stop: Sequence[str] = field(default_factory=tuple)  # the answer ends before the first of these
+
+    def generate_kwargs(self, tokenizer: Any) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        if self.stop:  # transformers stops decoding there (it checks the generated ids, inputs_embeds or not)
+            kwargs.update(stop_strings=list(self.stop), tokenizer=tokenizer)
+        return kwargs
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (without) the first occurrence of any stop string."""
+    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(ends)] if ends else text
+
+
+class Assistant:
+    """Turns prompts and images into model inputs the way training did (the LLM's chat template,
+    `<image>` expanded to the connector's token count, the run's image resizing) and decodes answers."""
+
+    def __init__(self, model: VisionLanguageModel, image_resize: ResizeMode, system: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = model.llm.tokenizer
+        self.image_token = model.llm.image_token
+        max_length = int(getattr(model.llm.model.config, "max_position_embeddings", 0) or 1_000_000)
+        self.formatter = ChatFormatter(self.tokenizer, self.image_token, model.num_image_tokens, max_length)
+        self.images = ImageProcessor(model.encoder.preprocessing, image_resize)
+        self.system = system
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def load_image(self, path: str | Path) -> torch.Tensor:
+        """Pixel values [3, H, W] of the image at `path`; an `ImageLoadError` naming it otherwise."""
+        path = Path(path)
+        if not path.is_file():
+            raise ImageLoadError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as opened:
+                return self.images(opened)
+        except (OSError, ValueError) as err:
+            raise ImageLoadError(f"image {path} cannot be read as an image ({err})") from err
+
+    def user_message(self, prompt: str, num_images: int) -> dict[str, str]:
+        """The user turn: `prompt` with one `<image>` per image, in front of the text when it names none
+        (as the training conversations put them)."""
+        placed = prompt.count(self.image_token)
+        if placed == 0:
+            prompt = f"{self.image_token}\n" * num_images + prompt
+        elif placed != num_images:
+            raise ValueError(
+                f"the prompt holds {placed} {self.image_token} placeholders but {num_images} images were given; "
+                f"give one placeholder per image, or none to put the images first"
+            )
+        return {"role": "user", "content": prompt}
+
+    def encode(self, messages: Sequence[dict[str, str]], images: Sequence[torch.Tensor]) -> dict[str, Any]:
+        """A sample for `collate`: the conversation so far, ending in the generation prompt."""
+        if self.system and (not messages or messages[0]["role"] != "system"):
+            messages = [{"role": "system", "content": self.system}, *messages]
+        return {
+            "input_ids": self.formatter.encode_prompt(messages),
+            "pixel_values": torch.stack(list(images)) if images else None,
+            "id": None,
+            "task": "generate",
+        }
+
+    def _generate(self, samples: Sequence[dict[str, Any]], options: GenerationOptions, **kwargs: Any) -> torch.Tensor:
+        batch = collate(samples, self.tokenizer.pad_token_id, padding_side="left")
+        pixel_values = batch["pixel_values"]
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.device, next(self.model.encoder.parameters()).dtype)
+        return self.model.generate(
+            batch["input_ids"].to(self.device),
+            batch["attention_mask"].to(self.device),
+            pixel_values,
+            **options.generate_kwargs(self.tokenizer),
+            **kwargs,
+        )
+
+    def answer(self, samples: Sequence[dict[str, Any]], options: GenerationOptions) -> list[str]:
+        """One answer per sample (a left-padded batch)."""
+        texts = self.tokenizer.batch_decode(self._generate(samples, options), skip_special_tokens=True)
+        return [cut_at_stop(text, options.stop).strip() for text in texts]
+
+    def stream(self, sample: dict[str, Any], options: GenerationOptions, out: TextIO) -> str:
+        """Answer one sample, writing its text to `out` as the tokens arrive; returns the whole answer."""
+        streamer = StopStringStreamer(self.tokenizer, options.stop, out)
+        self._generate([sample], options, streamer=streamer)
+        return streamer.shown
+
+
+class StopStringStreamer(TextStreamer):
+    """Writes decoded text as it arrives, without leading whitespace and ending before a stop string; it
+    holds back the last few characters that could still start one."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], out: TextIO) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stop, self.out = list(stop), out
+        self.text, self.shown = "", ""
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.text += text
+        visible = cut_at_stop(self.text.lstrip(), self.stop)
+        stopped = len(visible) < len(self.text.lstrip())
+        hold = 0 if stream_end or stopped else max((len(s) - 1 for s in self.stop), default=0)
+        upto = max(len(self.shown), len(visible) - hold)
+        if upto > len(self.shown):
+            self.out.write(visible[len(self.shown) : upto])
+            self.out.flush()
+            self.shown = visible[:upto]
+        if stream_end:
+            self.shown = self.shown.rstrip()

@@ -1,0 +1,111 @@
+"""Loading a model to use it: a stage folder, a vlmlab model folder, or a Hugging Face LLaVA folder.
+
+A stage folder of a `vlmlab-train` run describes itself: the run's `.hydra/config.yaml` holds the model
+config and `tokenizer/` the tokenizer it trained with, so nobody retypes the model/* choices. A vlmlab
+model folder (written by `vlmlab-export format=vlmlab` and `vlmlab-import`) carries `model.yaml` instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_model
+
+from vlmlab.data.image_processing import ResizeMode
+from vlmlab.eval.checkpoint import WEIGHTS_FILE, load_weights, saved_tokenizer, weights_path
+from vlmlab.models.builder import build_vlm
+from vlmlab.models.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
+from vlmlab.models.vlm import VisionLanguageModel
+
+MODEL_CONFIG_FILE = "model.yaml"  # a vlmlab model folder's description: {model: ..., image_resize: ...}
+MODEL_SOURCES = ("auto", "groups")  # auto: the config saved with the checkpoint; groups: the command line's
+
+
+@dataclass
+class LoadedModel:
+    model: VisionLanguageModel
+    model_config: dict[str, Any]  # builds the same architecture (with llm.tokenizer pointing at the saved one)
+    image_resize: ResizeMode  # how training resized images
+    source: str  # where the model config came from, for messages
+
+
+def run_config_file(weights: Path) -> Path | None:
+    """The `.hydra/config.yaml` of the vlmlab-train run that wrote `weights`
+    (`<run>/stages/<stage>/model.safetensors` or `<run>/stages/<stage>/checkpoints/last.ckpt`)."""
+    return next(
+        (d / ".hydra" / "config.yaml" for d in weights.parents[:4] if (d / ".hydra" / "config.yaml").is_file()), None
+    )
+
+
+def saved_description(weights: Path) -> tuple[DictConfig, str | None, str] | None:
+    """(model config, image resize mode, file) saved beside the weights or with their run; None if neither."""
+    own = weights.parent / MODEL_CONFIG_FILE
+    if own.is_file():
+        saved = OmegaConf.load(own)
+        return saved.model, saved.get("image_resize"), str(own)
+    run = run_config_file(weights)
+    if run is not None:
+        saved = OmegaConf.load(run)
+        return saved.model, OmegaConf.select(saved, "data.image_resize"), str(run)
+    return None
+
+
+def load_model(
+    checkpoint: str | Path,
+    model_cfg: DictConfig | None = None,
+    model_source: str = "auto",
+    image_resize: ResizeMode | None = None,
+    model_choices_given: bool = False,
+) -> LoadedModel:
+    """Build the model `checkpoint` was trained as and load its weights.
+
+    `model_source="auto"` takes the model config from the checkpoint's folder or run when they hold one
+    (an error if `model_choices_given`: the command line's model/* choices would silently not apply),
+    else `model_cfg`; `"groups"` always builds `model_cfg`. `image_resize` overrides the training run's.
+    """
+    if model_source not in MODEL_SOURCES:
+        raise ValueError(f"model_source={model_source!r} is not one of {', '.join(MODEL_SOURCES)}")
+    if image_resize is not None and image_resize not in get_args(ResizeMode):
+        raise ValueError(f"image_resize={image_resize!r} is not one of {', '.join(get_args(ResizeMode))}")
+    path = Path(checkpoint)
+    if is_hf_llava_folder(path):
+        model, config, mode = vlm_from_hf_llava(path)
+        return LoadedModel(model, config, image_resize or mode, f"{path / 'config.json'} (Hugging Face LLaVA)")
+    weights = weights_path(path)
+    described = saved_description(weights) if model_source == "auto" else None
+    if described is not None and model_choices_given:
+        raise ValueError(
+            f"{described[2]} already says which model {checkpoint} is, so the model/* choices on the command line "
+            "would not apply: drop them, or add model_source=groups to build the model from them"
+        )
+    if described is None and model_cfg is None:
+        raise ValueError(f"{checkpoint} holds no model config ({MODEL_CONFIG_FILE} or a run's .hydra/config.yaml)")
+    cfg = OmegaConf.create(OmegaConf.to_container(described[0] if described else model_cfg, resolve=True))
+    source = described[2] if described else "the model/* choices of this command"
+    tokenizer = saved_tokenizer(weights)
+    if tokenizer is not None and "tokenizer" in cfg.llm:
+        cfg.llm.tokenizer = str(tokenizer)  # the ids it trained with
+    model = build_vlm(cfg)
+    try:
+        load_weights(model, weights)
+    except ValueError as err:
+        raise ValueError(f"{err} (The model config came from {source}.)") from err
+    mode = image_resize or (described[1] if described else None) or "resize"
+    return LoadedModel(model.eval(), OmegaConf.to_container(cfg), mode, source)
+
+
+def save_model_folder(loaded: LoadedModel, folder: str | Path) -> Path:
+    """vlmlab's own format: `model.safetensors`, `tokenizer/` and `model.yaml`. It holds any vlmlab model;
+    `vlmlab-generate checkpoint=` loads it and `vlmlab-train init_from=` starts from it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(loaded.model, str(folder / WEIGHTS_FILE))
+    loaded.model.llm.tokenizer.save_pretrained(str(folder / "tokenizer"))
+    config = dict(loaded.model_config, llm=dict(loaded.model_config["llm"]))
+    if "tokenizer" in config["llm"]:
+        config["llm"]["tokenizer"] = str((folder / "tokenizer").resolve())
+    OmegaConf.save({"model": config, "image_resize": loaded.image_resize}, folder / MODEL_CONFIG_FILE)
+    return folder
