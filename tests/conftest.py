@@ -59,6 +59,14 @@ def tokenizer() -> PreTrainedTokenizerFast:
 
 
 @pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
+    """A tiny demo curriculum trained once through `vlmlab-train` (see tests/demo_run.py); read-only for tests."""
+    from tests.demo_run import train_demo_run  # it imports FAST_OVERRIDES from here
+
+    return train_demo_run(tmp_path_factory.mktemp("demo"), synth_root)
+
+
+@pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One sqlite store for the session (creating one takes seconds)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

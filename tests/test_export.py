@@ -19,7 +19,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from tests.demo_run import BIN, run_cli, train_demo_run
+from tests.demo_run import BIN, run_cli
 from vlmlab.cli.import_llava import import_llava
 from vlmlab.eval.checkpoint import load_weights
 from vlmlab.inference.answer import Assistant
@@ -27,11 +27,6 @@ from vlmlab.inference.loading import LoadedModel, load_model, save_model_folder
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.hf_llava import check_fits_llava
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
-    return train_demo_run(tmp_path_factory.mktemp("demo"), synth_root)
 
 
 def logits(model, inputs) -> torch.Tensor:

@@ -14,15 +14,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.demo_run import BIN, run_cli, train_demo_run
+from tests.demo_run import BIN, run_cli
 from vlmlab.cli.generate import read_requests
 from vlmlab.inference.answer import Assistant, GenerationOptions
 from vlmlab.inference.loading import load_model
 
 
 @pytest.fixture(scope="module")
-def stage(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
-    return train_demo_run(tmp_path_factory.mktemp("demo"), synth_root) / "stages" / "align"
+def stage(demo_run: Path) -> Path:
+    return demo_run / "stages" / "align"
 
 
 @pytest.fixture(scope="module")

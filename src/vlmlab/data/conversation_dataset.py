@@ -7,7 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
@@ -15,6 +15,9 @@ from torch.utils.data import Dataset
 
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
 from vlmlab.data.image_processing import ImageProcessor
+
+if TYPE_CHECKING:
+    from vlmlab.data.feature_cache import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ class ConversationDataset(Dataset):
     the record's reference `answers`; `blank_images=True` replaces every image by a blank one.
     `on_bad_record="skip"` turns a record that cannot become a sample into a logged marker
     `{"skipped": reason, "id", "message"}` that `collate` drops and counts; `"raise"` stops with the record named.
+    With `features` (a frozen encoder's `FeatureStore`), samples carry the stored `image_features` instead
+    of `pixel_values`: no image is read.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class ConversationDataset(Dataset):
         prompt_only: bool = False,
         blank_images: bool = False,
         on_bad_record: BadRecordPolicy = "raise",
+        features: FeatureStore | None = None,
     ) -> None:
         self.records = records
         self.formatter = formatter
@@ -57,6 +63,7 @@ class ConversationDataset(Dataset):
         self.prompt_only = prompt_only
         self.blank_images = blank_images
         self.on_bad_record = on_bad_record
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,7 +83,7 @@ class ConversationDataset(Dataset):
         except (OSError, ValueError, TypeError) as err:
             raise SampleError("bad_image", f"{where} cannot be read ({err}); replace or remove the file") from err
 
-    def encode(self, record: dict[str, Any]) -> dict[str, Any]:
+    def encode(self, record: dict[str, Any], index: int | None = None) -> dict[str, Any]:
         if not isinstance(record, dict):
             raise SampleError("malformed", f"a record must be a JSON object, got {type(record).__name__}")
         if "error" in record:  # the format reader found this entry unusable
@@ -101,15 +108,19 @@ class ConversationDataset(Dataset):
         else:
             encoded = self.formatter.encode(conversations)
             sample = {"input_ids": encoded.input_ids, "labels": encoded.labels}
-        pixels = [self._load_image(p) for p in paths]
-        sample["pixel_values"] = torch.stack(pixels) if pixels else None
+        if self.features is not None and index is not None:
+            sample["pixel_values"] = None
+            sample["image_features"] = self.features.get(index)  # (k, N, d) or None
+        else:
+            pixels = [self._load_image(p) for p in paths]
+            sample["pixel_values"] = torch.stack(pixels) if pixels else None
         sample.update(id=record.get("id"), task=self.task, source=self.source)
         return sample
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         try:
-            return {**self.encode(record), "index": index}
+            return {**self.encode(record, index), "index": index}
         except SampleError as err:
             record_id = record.get("id", f"#{index}") if isinstance(record, dict) else f"#{index}"
             message = f"source '{self.source}', record {record_id!r}: {err}"
@@ -155,4 +166,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: 
         batch["labels"] = labels
     if "answers" in samples[0]:
         batch["answers"] = [s["answers"] for s in samples]
+    if "image_features" in samples[0]:  # from the feature cache, in the same order as pixel_values would be
+        features = [s["image_features"] for s in samples if s["image_features"] is not None]
+        batch["image_features"] = torch.cat(features) if features else None
     return batch

@@ -16,10 +16,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import BadRecordPolicy, ConversationDataset, collate
+from vlmlab.data.feature_cache import feature_store
 from vlmlab.data.formats import HFRecords, Record, read_split
 from vlmlab.data.image_processing import ImageProcessor
+from vlmlab.data.packing import collate_packed
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
+from vlmlab.models.encoders.base import VisionEncoder
 
 
 class ResumableDataLoader(DataLoader):
@@ -47,6 +50,10 @@ class VLMDataModule(L.LightningDataModule):
     on_bad_record: `skip` (drop, count and log records that cannot become samples) or `raise`.
     group_by_length: batch samples of similar length and one modality together (longest batch first),
         sorting pools of `length_group_batches` global batches by length.
+    packing: lay each training micro-batch's samples end to end in rows of at most `pack_length` tokens
+        (`None`: one row, for flash_attention_2) instead of padding each (see `vlmlab.data.packing`).
+    feature_cache, encoder: with `feature_cache.enabled` and a (frozen) `encoder`, training reads each
+        source's stored encoder features instead of its images (see `vlmlab.data.feature_cache`).
     """
 
     def __init__(
@@ -64,6 +71,10 @@ class VLMDataModule(L.LightningDataModule):
         on_bad_record: BadRecordPolicy = "skip",
         group_by_length: bool = True,
         length_group_batches: int = 50,
+        packing: bool = False,
+        pack_length: int | None = None,
+        feature_cache: dict[str, Any] | None = None,
+        encoder: VisionEncoder | None = None,
     ) -> None:
         super().__init__()
         self.sources = sources
@@ -79,6 +90,15 @@ class VLMDataModule(L.LightningDataModule):
         self.on_bad_record = on_bad_record
         self.group_by_length = group_by_length
         self.length_group_batches = length_group_batches
+        if packing and pack_length is not None and pack_length < formatter.max_length:
+            raise ValueError(
+                f"data.pack_length={pack_length} is shorter than data.max_length={formatter.max_length}: a sample "
+                "must fit in one packed row; raise pack_length (or null: one row per micro-batch)"
+            )
+        self.packing = packing
+        self.pack_length = pack_length
+        self.feature_cache = feature_cache if feature_cache and feature_cache.get("enabled") else None
+        self.encoder = encoder
         self._records: dict[tuple[str, str], Sequence[Record]] = {}
 
     def prepare_data(self) -> None:
@@ -94,9 +114,10 @@ class VLMDataModule(L.LightningDataModule):
         return self._records[source, split]
 
     def dataset(
-        self, source: str, split: str, prompt_only: bool = False, blank_images: bool = False
+        self, source: str, split: str, prompt_only: bool = False, blank_images: bool = False, cached: bool = False
     ) -> ConversationDataset:
-        return ConversationDataset(
+        """`cached`: the images' encoder features from the feature cache (built on first use) instead of the images."""
+        dataset = ConversationDataset(
             self.records(source, split),
             formatter=self.formatter,
             image_processor=self.image_processor,
@@ -106,6 +127,19 @@ class VLMDataModule(L.LightningDataModule):
             blank_images=blank_images,
             on_bad_record=self.on_bad_record,
         )
+        if cached:
+            trainer = self.trainer
+            dataset.features = feature_store(
+                self.feature_cache["dir"],
+                source,
+                split,
+                self.encoder,
+                dataset,
+                self.feature_cache,
+                is_main=trainer is None or trainer.global_rank == 0,
+                barrier=trainer.strategy.barrier if trainer else lambda: None,
+            )
+        return dataset
 
     def _loader(
         self,
@@ -113,14 +147,20 @@ class VLMDataModule(L.LightningDataModule):
         batch_size: int,
         padding_side: str = "right",
         loader: type[DataLoader] = DataLoader,
+        packed: bool = False,
         **kwargs: Any,
     ) -> DataLoader:
+        pad_token_id = self.formatter.tokenizer.pad_token_id
+        if packed:
+            collate_fn = partial(collate_packed, pad_token_id=pad_token_id, pack_length=self.pack_length)
+        else:
+            collate_fn = partial(collate, pad_token_id=pad_token_id, padding_side=padding_side)
         return loader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=partial(collate, pad_token_id=self.formatter.tokenizer.pad_token_id, padding_side=padding_side),
+            collate_fn=collate_fn,
             **kwargs,
         )
 
@@ -145,12 +185,14 @@ class VLMDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        parts = [self.dataset(name, "train") for name in self.mixture]
+        cached = self.feature_cache is not None and self.encoder is not None
+        parts = [self.dataset(name, "train", cached=cached) for name in self.mixture]
         return self._loader(
             ConcatDataset(parts),
             self.micro_batch_size,
             sampler=self.train_sampler(),
             loader=ResumableDataLoader,
+            packed=self.packing,
             batches_trained=self._batches_trained,
         )
 

@@ -40,12 +40,22 @@ class VisionLanguageModel(nn.Module):
         features = self.encoder(pixel_values)  # (num_images, N, d_vis)
         return self.connector(features)  # (num_images, M, d_llm)
 
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
-        """LLM input embeddings with each image's tokens written over its placeholders."""
+    def embed_inputs(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """LLM input embeddings with each image's tokens written over its placeholders.
+
+        `image_features` ([num_images, N, d_vis], the encoder's output, e.g. from the frozen-encoder
+        feature cache) replace `pixel_values`: the encoder is skipped and only the connector runs.
+        """
         is_image_token = input_ids == self.image_token_id  # (B, T)
         embeds = self.llm.embed(input_ids)  # (B, T, d_llm); placeholder rows are overwritten below
         num_placeholders = int(is_image_token.sum())
-        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        images = image_features if image_features is not None else pixel_values
+        num_images = 0 if images is None else images.shape[0]
         if num_placeholders != num_images * self.num_image_tokens:
             raise ValueError(
                 f"the batch has {num_placeholders} image placeholder tokens but {num_images} images x "
@@ -54,7 +64,10 @@ class VisionLanguageModel(nn.Module):
             )
         if num_images == 0:
             return embeds
-        image_embeds = self.encode_images(pixel_values).to(embeds.dtype)  # (num_images, M, d_llm)
+        if image_features is not None:
+            image_embeds = self.connector(image_features.to(embeds.dtype))  # (num_images, M, d_llm)
+        else:
+            image_embeds = self.encode_images(pixel_values).to(embeds.dtype)  # (num_images, M, d_llm)
         return embeds.masked_scatter(is_image_token.unsqueeze(-1), image_embeds)
 
     def forward(
@@ -63,10 +76,35 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seq_lens: torch.Tensor | None = None,
+        max_seq_len: int | None = None,
+        image_features: torch.Tensor | None = None,
+        loss_chunk_size: int | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """Logits [B, T, V]; with `labels` (-100 where masked) also the mean next-token loss."""
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        """Logits [B, T, V]; with `labels` (-100 where masked) also the mean next-token loss.
+
+        With `labels` and `loss_chunk_size`, the loss alone (no logits): computed at the answer positions,
+        `loss_chunk_size` of them at a time, so full-vocabulary logits of the whole batch never exist
+        (`vlmlab.models.loss`; the same loss and gradients).
+
+        `position_ids` that restart at 0 mark packed rows (`vlmlab.data.packing`): the 2-D
+        `attention_mask` then only marks real tokens and is not passed on, because transformers derives
+        the block-diagonal mask from the restarts only without a mask and without a KV cache.
+        `cu_seq_lens` / `max_seq_len` (the samples' boundaries) go to variable-length attention
+        (`flash_attention_2`, `sdpa_varlen`), which then skips the attention between samples.
+        """
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_features)
+        if position_ids is not None:
+            attention_mask = None
+            llm_kwargs.update(position_ids=position_ids, use_cache=False)
+            if cu_seq_lens is not None:
+                bounds = dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens)
+                llm_kwargs.update(bounds, max_length_q=max_seq_len, max_length_k=max_seq_len)
+        if labels is not None and loss_chunk_size:
+            loss = self.llm.chunked_loss(inputs_embeds, attention_mask, labels, loss_chunk_size, **llm_kwargs)
+            return CausalLMOutputWithPast(loss=loss)
         return self.llm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
     @torch.no_grad()

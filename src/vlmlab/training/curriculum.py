@@ -48,8 +48,14 @@ def mixture_weights(cfg: DictConfig, stage: StageSpec) -> dict[str, float]:
 
 
 def build_datamodule(
-    cfg: DictConfig, model: VisionLanguageModel, mixture: dict[str, float], micro_batch_size: int
+    cfg: DictConfig,
+    model: VisionLanguageModel,
+    mixture: dict[str, float],
+    micro_batch_size: int,
+    encoder_frozen: bool = False,
 ) -> VLMDataModule:
+    """The data module of one stage; `encoder_frozen` lets it use `data.feature_cache` (when enabled)."""
+    feature_cache = cfg.data.get("feature_cache")
     formatter = ChatFormatter(
         model.llm.tokenizer, model.llm.image_token, model.num_image_tokens, max_length=cfg.data.max_length
     )
@@ -68,6 +74,10 @@ def build_datamodule(
         on_bad_record=cfg.data.on_bad_record,
         group_by_length=cfg.data.group_by_length,
         length_group_batches=cfg.data.length_group_batches,
+        packing=cfg.data.get("packing", False),
+        pack_length=cfg.data.get("pack_length"),
+        feature_cache=None if feature_cache is None else OmegaConf.to_container(feature_cache, resolve=True),
+        encoder=model.encoder if encoder_frozen else None,
     )
 
 
@@ -279,7 +289,8 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
         for spec in specs:
             record = state["stages"].setdefault(spec.name, {})
             mixture = mixture_weights(cfg, spec)
-            datamodule = build_datamodule(cfg, model, mixture, spec.micro_batch_size)
+            frozen = spec.train["encoder"] == "frozen"
+            datamodule = build_datamodule(cfg, model, mixture, spec.micro_batch_size, encoder_frozen=frozen)
             if record.get("status") == "done":
                 log.info("stage '%s' is done (%s)", spec.name, record["weights"])
                 continue

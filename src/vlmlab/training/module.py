@@ -14,6 +14,7 @@ from torch import nn
 
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.distributed import fully_shard_units, is_sharded
+from vlmlab.training.flops import FlopsEstimate
 from vlmlab.training.lora import add_lora, save_and_merge
 from vlmlab.training.stage import PARTS, StageSpec
 
@@ -65,6 +66,12 @@ class VLMTrainingModule(L.LightningModule):
                 self.adapters[part] = add_lora(backbone, stage.lora, stage.lora["target_modules"][part])
         if stage.gradient_checkpointing:
             model.llm.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if stage.compile:  # per block, in place: parameter names (and checkpoints) stay as they are
+            blocks = model.llm.decoder_layer_classes()
+            for block in [m for m in model.llm.model.modules() if type(m) in blocks]:
+                block.compile()
+        self.flops = FlopsEstimate.of(model, stage)
+        self._batch_flops = 0
 
     def train(self, mode: bool = True) -> VLMTrainingModule:
         """Frozen parts stay in eval mode (no dropout, fixed norm statistics) while the rest trains."""
@@ -141,6 +148,11 @@ class VLMTrainingModule(L.LightningModule):
             attention_mask=batch["attention_mask"],
             pixel_values=batch["pixel_values"],
             labels=batch["labels"],
+            loss_chunk_size=self.stage.loss_chunk_size if self.stage.loss == "chunked" else None,
+            position_ids=batch.get("position_ids"),  # packed rows (data.packing)
+            cu_seq_lens=batch.get("cu_seq_lens"),
+            max_seq_len=batch.get("max_seq_len"),
+            image_features=batch.get("image_features"),  # frozen-encoder feature cache (data.feature_cache)
         )
         return out.loss
 
@@ -148,6 +160,7 @@ class VLMTrainingModule(L.LightningModule):
         self._count_skipped(batch)
         if "input_ids" not in batch:  # every record of this batch was skipped
             return self._zero_loss()
+        self._batch_flops = self.flops(batch)
         loss = self._loss(batch)
         if not torch.isfinite(loss):
             if self.nan_policy == "skip":
@@ -169,6 +182,12 @@ class VLMTrainingModule(L.LightningModule):
         self._log_train("train/loss", window, prog_bar=True, batch_size=batch_size, sync_dist=True)
         self._log_train("train/tokens", float(batch["attention_mask"].sum()), reduce_fx="sum", batch_size=batch_size)
         return loss
+
+    @property
+    def flops_per_batch(self) -> int:
+        """Model FLOPs of the last training micro-batch (`FlopsEstimate`); Lightning's ThroughputMonitor
+        divides their rate by the device's peak to log MFU (`train/device/mfu`, GPUs it knows)."""
+        return self._batch_flops
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.window_losses = []

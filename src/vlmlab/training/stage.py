@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 from omegaconf import DictConfig, OmegaConf
+
+from vlmlab.models.loss import LossImpl
 
 PARTS = ("encoder", "connector", "llm")
 TRAIN_MODES = ("frozen", "full", "lora")
 LORA_PARTS = ("encoder", "llm")  # the connector is small: it trains in full
+LOSSES = get_args(LossImpl)
 
 
 @dataclass
@@ -29,6 +32,9 @@ class StageSpec:
     gradient_clip_val: float | None = 1.0
     precision: str = "32-true"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile each LLM decoder block
+    loss: str = "chunked"  # full | chunked (vlmlab.models.loss)
+    loss_chunk_size: int = 1024  # answer positions projected onto the vocabulary at a time (loss=chunked)
     val_check_interval: int | float | None = None
     lora: dict[str, Any] | None = None  # r, alpha, dropout, target_modules per part (parts trained with lora)
 
@@ -67,6 +73,12 @@ class StageSpec:
         if self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"{where}: batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}"
+            )
+        if self.loss not in LOSSES:
+            raise ValueError(f"{where}: loss={self.loss!r} is not one of {', '.join(LOSSES)}")
+        if self.loss_chunk_size <= 0:
+            raise ValueError(
+                f"{where}: loss_chunk_size must be a positive number of positions, got {self.loss_chunk_size}"
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def feature_layers(feature_layer: int | Sequence[int]) -> list[int]:
@@ -38,12 +40,16 @@ class VisionEncoder(nn.Module):
     preprocessing: ImagePreprocessing
     num_patches: int
     output_dim: int
+    flops_per_image: int  # forward FLOPs of one image (matmuls, convolutions, attention), for MFU
 
     def _probe_shapes(self) -> None:
         p = self.preprocessing
-        with torch.no_grad():
+        # The math attention kernel is made of matmuls that the FLOP counter sees (it does not know the
+        # CPU's fused kernel); only the shapes and the count are kept from this forward.
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             features = self.forward(torch.zeros(1, 3, p.height, p.width))
         self.num_patches, self.output_dim = int(features.shape[1]), int(features.shape[2])
+        self.flops_per_image = int(counter.get_total_flops())
 
     def block_classes(self) -> set[type[nn.Module]]:
         """Transformer block classes, the units that FSDP wraps and activation checkpointing recomputes."""

@@ -16,8 +16,12 @@ from transformers import (
 
 from vlmlab.models.blocks import repeated_block_classes
 from vlmlab.models.llms.chat_templates import resolve_chat_template
+from vlmlab.models.loss import chunked_cross_entropy
 
 DEFAULT_IMAGE_TOKEN = "<image>"
+# Config fields of models whose forward transforms the logits after lm_head (Gemma 2/3's soft-capping,
+# Cohere's and Granite's scaling); the chunked loss computes lm_head(h) alone, so it refuses them.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 
 
 class LanguageModel(nn.Module):
@@ -110,6 +114,27 @@ class LanguageModel(nn.Module):
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
+
+    def chunked_loss(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor,
+        chunk_size: int,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """`model(inputs_embeds=..., labels=labels).loss` without full-vocabulary logits: the decoder's last
+        hidden states, then `chunked_cross_entropy` on the answer positions (see vlmlab.models.loss)."""
+        transforms = [f for f in LOGIT_TRANSFORMS if getattr(self.model.config, f, None) not in (None, 1, 1.0)]
+        if transforms:
+            raise ValueError(
+                f"'{self.model.config.model_type}' transforms its logits after lm_head ({', '.join(transforms)}), "
+                "which the chunked loss does not reproduce: set the stage's loss: full"
+            )
+        kwargs.setdefault("use_cache", False)  # a loss needs no KV cache
+        decoder = self.model.get_decoder()
+        hidden = decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return chunked_cross_entropy(hidden, labels, self.model.get_output_embeddings(), chunk_size)
 
     def decoder_layer_classes(self) -> set[type[nn.Module]]:
         """The decoder block classes (for FSDP auto-wrap and activation checkpointing)."""
