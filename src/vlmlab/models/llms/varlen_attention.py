@@ -46,14 +46,14 @@ def varlen_sdpa_attention(
     def flat(x: torch.Tensor) -> torch.Tensor:  # (B, H, T, hd) -> (1, H, B*T, hd), rows end to end
         return x.transpose(0, 1).reshape(1, heads, batch * length, head_dim)
 
-    q, k, v = flat(query), flat(key), flat(value)
-    bounds = cu_seq_lens_q.tolist()
+    # split, not slicing: the backward of one split is one concatenation, while each slice's backward
+    # would write into its own zero tensor of the whole row (a cost of samples x row length).
+    lengths = cu_seq_lens_q.diff().tolist()
+    per_sample = zip(*(flat(x).split(lengths, dim=2) for x in (query, key, value)))
     out = torch.cat(
         [
-            nn.functional.scaled_dot_product_attention(
-                q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], dropout_p=dropout, scale=scaling, is_causal=True
-            )
-            for s, e in zip(bounds[:-1], bounds[1:])
+            nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+            for q, k, v in per_sample
         ],
         dim=2,
     )  # (1, H, B*T, hd)
