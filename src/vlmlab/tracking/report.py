@@ -97,7 +97,7 @@ def _fact(key: str, value: float | None) -> str:
 def plot(rows: list[ReportRow], path: Path) -> None:
     """Grouped bars: one group per task metric, one bar per run."""
     keys = sorted({k for r in rows for k in r.scores})
-    figure = Figure(figsize=(max(6.0, 0.6 * len(keys) * len(rows)), 4.0))  # no pyplot: no global state
+    figure = Figure(figsize=(min(16.0, max(6.0, 0.25 * len(keys) * len(rows))), 4.5))  # no pyplot: no global state
     axes = figure.subplots()
     width = 0.8 / max(1, len(rows))
     for i, row in enumerate(rows):
