@@ -13,13 +13,13 @@ from transformers import (
     AutoProcessor,
     CLIPImageProcessor,
     CLIPVisionConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
 )
 
 from tests.demo_run import BIN, run_cli
+from tests.tiny_models import tiny_llama_config
 from vlmlab.cli.import_llava import import_llava
 from vlmlab.eval.checkpoint import load_weights
 from vlmlab.inference.answer import Assistant
@@ -79,14 +79,7 @@ def tiny_llava(tokenizer, folder: Path) -> LlavaForConditionalGeneration:
     vision = CLIPVisionConfig(
         image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_llama_config(tokenizer)
     torch.manual_seed(0)
     llava = LlavaForConditionalGeneration(
         LlavaConfig(

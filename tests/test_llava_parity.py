@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPVisionConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
+from tests.tiny_models import tiny_llama_config
 from vlmlab.models.connectors import MLPConnector
 from vlmlab.models.encoders import HFVisionEncoder
 from vlmlab.models.llava_weights import llava_to_vlmlab
@@ -22,14 +23,7 @@ def test_vlmlab_reproduces_llava_logits(tokenizer) -> None:
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_llama_config(tokenizer)
     torch.manual_seed(0)
     llava = LlavaForConditionalGeneration(
         LlavaConfig(

@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tests.tiny_models import tiny_llama_config
 from vlmlab.models.connectors import MLPConnector
 from vlmlab.models.encoders import HFVisionEncoder
 from vlmlab.models.llms import LanguageModel
@@ -23,14 +24,7 @@ VISION = dict(
 
 def tiny_vlm(tokenizer) -> VisionLanguageModel:
     tokenizer = copy.deepcopy(tokenizer)
-    text = LlamaConfig(
-        vocab_size=len(tokenizer) + 1,  # + <image>
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_llama_config(tokenizer, extra_tokens=1)  # + <image>
     torch.manual_seed(0)
     encoder = HFVisionEncoder("clip", config=VISION)
     llm = LanguageModel(LlamaForCausalLM(text), tokenizer, chat_template="simple")
