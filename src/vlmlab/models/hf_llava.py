@@ -33,7 +33,7 @@ from vlmlab.models.llava_weights import llava_to_vlmlab, vlmlab_to_llava
 from vlmlab.models.vlm import VisionLanguageModel
 
 VISION_MODEL_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
-OWN_FORMAT = "export it in vlmlab's own format instead (vlmlab-export format=vlmlab), which vlmlab-generate loads"
+OWN_FORMAT = "Export it in vlmlab's own format instead (vlmlab-export format=vlmlab), which vlmlab-generate loads"
 # Chat templates are written for string contents; a processor's messages carry lists of parts
 # ({"type": "image"}, {"type": "text", "text": ...}). This prelude turns each list into the string
 # vlmlab trained on ("<image>\n" per image, then the text) before the model's own template runs.
