@@ -8,6 +8,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.test_loss import batch_for, tiny_vlm
+from vlmlab.models.connectors import PerceiverResamplerConnector, QFormerConnector
+from vlmlab.training.flops import FlopsEstimate
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.stage import StageSpec
 
@@ -46,3 +48,18 @@ def test_chunked_loss_counts_lm_head_at_answer_positions_only(tokenizer) -> None
     tokens, answers = int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())
     lm_head = module.model.llm.model.get_output_embeddings().weight.numel()
     assert estimates["full"] - estimates["chunked"] == 3 * 2 * lm_head * (tokens - answers)
+
+
+@pytest.mark.parametrize("connector_cls", [PerceiverResamplerConnector, QFormerConnector])
+def test_learned_query_connectors_are_counted(tokenizer, connector_cls) -> None:
+    """Their queries are parameters passed into their layers, which the counter's module hooks must handle."""
+    model = tiny_vlm(tokenizer)
+    model.connector = connector_cls(in_dim=32, out_dim=48, num_in_tokens=model.encoder.num_patches)
+    train = {"encoder": "frozen", "connector": "full", "llm": "full"}
+    estimate = FlopsEstimate.of(
+        model, StageSpec(name="s", mixture="m", train=train, lr={"connector": 1e-3, "llm": 1e-3})
+    )
+    features = torch.randn(1, model.encoder.num_patches, 32)
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model.connector(features)
+    assert estimate.connector_per_image == counter.get_total_flops() > 0

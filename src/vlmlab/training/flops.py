@@ -69,8 +69,11 @@ class FlopsEstimate:
             dtype=param.dtype if param is not None else torch.float32,
             device=param.device if param is not None else None,
         )
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            model.connector(features)  # attention as matmuls, which the counter sees (as the encoder's probe)
+        # Attention as matmuls, which the counter sees (as the encoder's probe). Not under no_grad: the
+        # counter's module tracker hooks the gradients of module inputs, and a learned-query connector
+        # (Perceiver) passes its latents, a parameter, into its layers, which no_grad leaves hookless.
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model.connector(features)
         return cls(
             passes=_passes(stage),
             encoder_per_image=model.encoder.flops_per_image,
