@@ -62,15 +62,7 @@ def samples(model: VisionLanguageModel) -> list[dict]:
 
 def loss_and_grads(model: VisionLanguageModel, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad()
-    loss = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        pixel_values=batch["pixel_values"],
-        labels=batch["labels"],
-        position_ids=batch.get("position_ids"),
-        cu_seq_lens=batch.get("cu_seq_lens"),
-        max_seq_len=batch.get("max_seq_len"),
-    ).loss
+    loss = model.batch_loss(batch)
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

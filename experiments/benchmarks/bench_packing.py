@@ -101,15 +101,7 @@ def build_model(tok, hidden_size: int, layers: int) -> VisionLanguageModel:
 
 
 def step(model: VisionLanguageModel, optimizer: torch.optim.Optimizer, batch: dict) -> None:
-    loss = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        pixel_values=batch["pixel_values"],
-        labels=batch["labels"],
-        position_ids=batch.get("position_ids"),
-        cu_seq_lens=batch.get("cu_seq_lens"),
-        max_seq_len=batch.get("max_seq_len"),
-    ).loss
+    loss = model.batch_loss(batch)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

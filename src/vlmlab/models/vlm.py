@@ -107,6 +107,21 @@ class VisionLanguageModel(nn.Module):
             return CausalLMOutputWithPast(loss=loss)
         return self.llm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
+    def batch_loss(self, batch: dict[str, Any], loss_chunk_size: int | None = None) -> torch.Tensor:
+        """The mean answer-token loss of a collated training batch: padded or packed rows (their
+        `position_ids`, `cu_seq_lens`, `max_seq_len`), images or cached `image_features`."""
+        return self(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            labels=batch["labels"],
+            loss_chunk_size=loss_chunk_size,
+            position_ids=batch.get("position_ids"),  # packed rows (data.packing)
+            cu_seq_lens=batch.get("cu_seq_lens"),
+            max_seq_len=batch.get("max_seq_len"),
+            image_features=batch.get("image_features"),  # frozen-encoder feature cache (data.feature_cache)
+        ).loss
+
     @torch.no_grad()
     def generate(
         self,

@@ -143,18 +143,7 @@ class VLMTrainingModule(L.LightningModule):
         self.step_logged[1][name] = value.detach() if isinstance(value, torch.Tensor) else value
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        out = self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            labels=batch["labels"],
-            loss_chunk_size=self.stage.loss_chunk_size if self.stage.loss == "chunked" else None,
-            position_ids=batch.get("position_ids"),  # packed rows (data.packing)
-            cu_seq_lens=batch.get("cu_seq_lens"),
-            max_seq_len=batch.get("max_seq_len"),
-            image_features=batch.get("image_features"),  # frozen-encoder feature cache (data.feature_cache)
-        )
-        return out.loss
+        return self.model.batch_loss(batch, self.stage.loss_chunk_size if self.stage.loss == "chunked" else None)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._count_skipped(batch)
