@@ -1,8 +1,13 @@
 """VQAv2 accuracy and ANLS against the official scorers.
 
-The expected values were computed by the official code on these inputs: VQAv2's `vqaEval.py`
-(GT-Vision-Lab/VQA, PythonEvaluationTools, commit c4e6a0e: `VQAEval.evaluate` on one question whose
-10 answers are given) and the RRC DocVQA task-1 scoring loop (threshold 0.5).
+Where the expected values come from:
+- VQA: GT-Vision-Lab/VQA, default branch master, commit a013f0043c1e2cdc995922dfe257f7149aa9af06
+  (2021-03-11, "Fixed processing answers bug"), `PythonEvaluationTools/vqaEvaluation/vqaEval.py`
+  with only its two `print` statements made Python 3 calls: `VQAEval(vqa, vqaRes, n=15).evaluate()`
+  on one question per case (ten answers with answer ids 1..10), `evalQA[id] / 100`; the corpus value
+  is `accuracy["overall"]` of the same run. Run on 2026-12-01.
+- ANLS: the Robust Reading Competition's DocVQA task-1 scoring loop (rrc.cvc.uab.es, threshold 0.5;
+  the RRC does not publish it in a repository).
 """
 
 from __future__ import annotations
@@ -13,27 +18,63 @@ import torch
 from vlmlab.eval.answer_metrics import ANLS, ExactMatchAccuracy, VQAAccuracy, anls, levenshtein, vqa_accuracy
 from vlmlab.eval.submission import submission
 
+YES = ["yes"] * 10
 VQA_CASES = [
     # (prediction, the 10 human answers, official accuracy)
-    ("two", ["2"] * 10, 1.0),  # number words become digits in the prediction
-    ("Two", ["Two"] * 10, 0.0),  # identical human answers are not normalised at all
+    # -- all ten stripped answers identical: nothing is normalised, the raw strings are compared
+    ("yes", YES, 1.0),
+    ("Yes", YES, 0.0),  # case counts
+    ("yes.", YES, 0.0),  # punctuation counts
+    ("  yes\n", YES, 1.0),  # the prediction is stripped
+    ("yes", ["yes\t"] * 10, 1.0),  # so are the human answers
+    ("yes", ["Yes"] * 10, 0.0),
+    ("two", ["2"] * 10, 0.0),  # no number words
+    ("a dog", ["dog"] * 10, 0.0),  # no articles
+    ("yes" + "." * 20, YES, 0.0),
+    ("yes!", YES, 0.0),
+    ("what's up", ["whats up"] * 10, 0.0),  # no contractions
+    ("Café", ["café"] * 10, 0.0),
+    ("", YES, 0.0),
+    # -- the humans differ: both sides are processed (punctuation, then digits, articles, contractions)
+    ("Yes", ["yes"] * 9 + ["Yes"], 1.0),
+    ("yes", ["Yes"] * 5 + ["yes."] * 5, 1.0),  # case and full stop on the human side
+    ("Yes!", ["yes"] * 6 + ["YES"] * 4, 1.0),
     ("Yes", ["yes"] * 3 + ["no"] * 7, 0.9),  # leave-one-out: 3 x 2/3 + 7 x 1, over 10
     ("red", ["red"] + ["blue"] * 9, 0.3),  # one human agreeing scores 0.3, not 1/3
+    ("", ["yes"] * 9 + [""], 0.3),
     ("a dog.", ["dog"] * 4 + ["puppy"] * 6, 1.0),  # article and full stop dropped
+    ("the", ["a"] * 3 + ["an"] * 7, 1.0),  # articles only: every side becomes ""
+    ("two", ["2"] * 9 + ["two"], 1.0),  # number words on the human side too
+    ("2", ["two"] * 5 + ["2"] * 5, 1.0),
+    ("3", ["three"] * 2 + ["four"] * 8, 0.6),
+    ("dont know", ["don't know"] * 2 + ["no idea"] * 8, 0.6),  # contraction restored in the prediction
+    ("don't know", ["dont know"] * 4 + ["no idea"] * 6, 1.0),  # ...and in the human answers
+    ("what's up", ["whats up"] * 5 + ["what's up"] * 5, 1.0),
+    ("hes tall", ["he's tall"] * 4 + ["tall"] * 6, 1.0),
+    ("it's red", ["its red"] * 2 + ["red"] * 8, 0.0),  # "its" is not in the contraction table
+    ("none", ["0"] * 2 + ["none"] + ["nothing"] * 7, 0.9),  # "none" is 0 on both sides; "nothing" is not
+    ("0", ["0"] * 2 + ["none"] + ["nothing"] * 7, 0.9),
+    ("nothing", ["0"] * 2 + ["none"] + ["nothing"] * 7, 1.0),
+    ("None", ["0"] * 5 + ["none"] * 5, 1.0),
     ("1,000", ["1000"] * 5 + ["1,000"] * 5, 1.0),  # a digit-comma-digit text deletes punctuation
-    ("", ["yes"] * 10, 0.0),  # empty prediction
-    ("dont know", ["don't know"] * 2 + ["no idea"] * 8, 0.6),  # contraction restored
-    ("\tnew york\n", ["new york"] * 9 + ["nyc"], 1.0),
-    ("3.5", ["3.5"] * 3 + ["3"] * 7, 0.9),  # a full stop before a digit stays
+    ("1,000 people", ["1000 people"] * 3 + ["many"] * 7, 0.9),
+    ("1000", ["1,000"] * 2 + ["one thousand"] * 8, 0.6),
+    ("10,5", ["10,5"] + ["105"] * 9, 1.0),
     ("black/white", ["black white"] * 4 + ["black and white"] * 6, 1.0),  # mark between letters -> space
     ("Black / White", ["black white"] * 4 + ["black/white"] * 6, 1.0),  # mark beside a space -> deleted
     ("t-shirt", ["t shirt"] * 3 + ["t-shirt"] * 3 + ["shirt"] * 4, 1.0),
-    ("None", ["0"] * 5 + ["none"] * 5, 1.0),  # "none" is the number 0; human "none" is not mapped
-    ("what's up", ["whats up"] * 10, 0.0),  # the apostrophe is not punctuation here
-    ("four.", ["4"] * 3 + ["four"] * 7, 0.9),
-    ("yes" + "." * 20, ["yes"] * 10, 1.0),
-    ("yes" + "." * 40, ["yes"] * 10, 0.0),  # the official call removes at most 32 full stops
+    ("left (mostly)", ["left mostly"] * 3 + ["left"] * 7, 0.9),
+    ("3.5", ["3.5"] * 3 + ["3"] * 7, 0.9),  # a full stop before a digit stays
+    ("four.", ["4"] * 3 + ["four"] * 7, 1.0),
+    ("\tnew york\n", ["new york"] * 9 + ["nyc"], 1.0),
+    ("new\nyork", ["new york"] * 8 + ["ny"] * 2, 1.0),
+    ("café", ["cafe"] * 2 + ["café"] * 8, 1.0),
+    ("yes" + "." * 20, ["yes"] * 9 + ["no"], 1.0),
+    ("yes" + "." * 32, ["yes"] * 9 + ["no"], 1.0),
+    ("yes" + "." * 33, ["yes"] * 9 + ["no"], 0.0),  # the official call removes at most 32 full stops
+    ("yes" + "." * 40, ["yes"] * 9 + ["no"], 0.0),
 ]
+VQA_OFFICIAL_OVERALL = 67.6  # the official run's accuracy["overall"] over VQA_CASES, in percent
 
 ANLS_CASES = [
     # (prediction, answers, official ANLS)
@@ -65,7 +106,8 @@ def test_metrics_average_questions_across_batches() -> None:
     metric = VQAAccuracy()
     for prediction, answers, _ in VQA_CASES:
         metric.update([prediction], [answers])
-    assert float(metric.compute()) == pytest.approx(sum(c[2] for c in VQA_CASES) / len(VQA_CASES))
+    assert 100 * float(metric.compute()) == pytest.approx(VQA_OFFICIAL_OVERALL, abs=5e-3)
+    assert metric.compute_per_sample().tolist() == pytest.approx([c[2] for c in VQA_CASES], abs=1e-12)
     metric.reset()
     metric.update([c[0] for c in ANLS_CASES[:2]], [["$12.50"], ["12.50"]])
     assert float(metric.compute()) == pytest.approx(0.0)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FAST_OVERRIDES
@@ -64,6 +65,12 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None
     assert scores == {k: v for k, v in metrics.items() if k.split("/")[1] in ("vqa", "doc")}
     vqa = json.loads((tmp_path / "eval" / "predictions" / "vqa_test.json").read_text())
     assert len(vqa) == 8 and set(vqa[0]) == {"id", "answer"}  # LLaVA-format source: generic fields
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions" / "doc_test_scores.jsonl").open()]
+    assert [row["prediction"] for row in rows] == [
+        row["answer"] for row in json.loads((tmp_path / "eval" / "predictions" / "doc_test.json").read_text())
+    ]
+    per_sample = [row["scores"]["anls"] for row in rows]  # each question's score; their mean is the corpus score
+    assert sum(per_sample) / len(per_sample) == pytest.approx(scores["test/doc/anls"], rel=1e-12)
     eval_runs = client.search_runs([client.get_experiment_by_name("vlmlab-eval").experiment_id])
     assert eval_runs[0].data.metrics["test/vqa/vqa_accuracy"] == scores["test/vqa/vqa_accuracy"]
     assert eval_runs[0].data.tags["checkpoint"].endswith("stages/instruct/model.safetensors")

@@ -1,4 +1,4 @@
-"""Every metric computed in a 2-process run (gloo, uneven shards) equals the single-process result."""
+"""Every metric computed in a 2-process run (gloo, uneven shards) equals the single-process result, per sample too."""
 
 from __future__ import annotations
 
@@ -34,15 +34,17 @@ def cases_for(name: str) -> list[tuple[str, list[str]]]:
     return [(p, a) for p, a, _ in VQA_CASES]
 
 
-def scores(rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """Each metric over its cases; process `rank` takes its share (rank 0 the larger one)."""
-    values = {}
+def scores(rank: int = 0, world_size: int = 1) -> dict[str, float | list[float]]:
+    """Each metric over its cases, and its per-sample scores; process `rank` takes its share (rank 0 the larger
+    one, so that the gathered order is the single process's)."""
+    values: dict[str, float | list[float]] = {}
     for name, metric in build_metrics(list(METRICS)).items():
         cases = cases_for(name)
         cut = (len(cases) * 3) // 5
         share = cases if world_size == 1 else cases[:cut] if rank == 0 else cases[cut:]
         metric.update([p for p, _ in share], [a for _, a in share])
         values.update(metric_values(name, metric))
+        values[f"{name}/per_sample"] = metric.compute_per_sample().flatten().tolist()
     return values
 
 
@@ -69,4 +71,5 @@ def test_two_processes_give_the_single_process_scores(tmp_path: Path) -> None:
         assert distributed.keys() == single.keys()
         for key, value in single.items():
             assert distributed[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert len(single["vqa_accuracy/per_sample"]) == len(VQA_CASES) and len(single["cider/per_sample"]) == 24
     assert single["cider"] > 0 and 0 < single["bleu_1"] < 1 and 0 < single["vqa_accuracy"] < 1

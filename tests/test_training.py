@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_model
 
 from vlmlab.data.chat_format import SampleError
+from vlmlab.eval.answer_metrics import vqa_accuracy
 from vlmlab.models.builder import build_vlm
 from vlmlab.tracking.mlflow_runs import git_commit
 from vlmlab.training.curriculum import build_datamodule, mixture_weights, run_curriculum, stage_specs
@@ -90,7 +91,10 @@ def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> Non
     assert {"val/vqa/vqa_accuracy", "val/doc/anls", "val/caption/bleu_4"} <= set(children["instruct"].data.metrics)
     table_path = client.download_artifacts(children["instruct"].info.run_id, "val_samples/vqa/step_0000003.json")
     table = json.loads(Path(table_path).read_text())
-    assert table["columns"] == ["id", "image", "question", "prediction", "references"] and len(table["data"]) == 8
+    columns = ["id", "image", "question", "prediction", "references", "exact_match", "vqa_accuracy"]
+    assert table["columns"] == columns and len(table["data"]) == 8
+    for row in table["data"]:  # each sample's own score: the official accuracy of its prediction
+        assert row[6] == vqa_accuracy(row[3], row[4].split(" | "))
     references = table["data"][0][4].split(" | ")
     assert len(references) == 10 and len(set(references)) == 1  # the ten (agreeing) synthetic answers
     assert table["data"][0][2].endswith("?") and "<image>" not in table["data"][0][2]

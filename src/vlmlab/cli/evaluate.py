@@ -60,7 +60,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         fmt = cfg.data.sources[name].get("format", "llava")
         path = out / "predictions" / f"{name}_{cfg.split}.json"
         path.write_text(json.dumps(submission(fmt, rows), indent=1))
-        files.append(path)
+        scores = out / "predictions" / f"{name}_{cfg.split}_scores.jsonl"
+        fields = ("id", "prediction", "answers", "scores")
+        scores.write_text("".join(json.dumps({k: row[k] for k in fields}) + "\n" for row in rows))
+        files += [path, scores]
     print_results(metrics, metric_names, split=cfg.split)
     print(f"metrics and predictions in {out}")
     if cfg.track:

@@ -3,7 +3,9 @@
 Each is the mean of a per-question score; the states are a sum and a count, so they add up across
 processes. VQA accuracy and ANLS follow the official scorers line by line in behaviour, quirks
 included (see each function), so the numbers can be compared with published ones:
-- VQAv2: `vqaEval.py` of GT-Vision-Lab/VQA (PythonEvaluationTools).
+- VQAv2: `vqaEval.py` of GT-Vision-Lab/VQA (PythonEvaluationTools) at master, commit a013f00
+  (2021-03-11). Older copies of that file, and many re-implementations, normalise the prediction
+  always and the human answers only for punctuation; their numbers differ from master's.
 - DocVQA: the Robust Reading Competition's evaluation script for DocVQA task 1.
 """
 
@@ -102,19 +104,32 @@ def vqa_process_digits_articles(text: str) -> str:
     return " ".join(VQA_CONTRACTIONS.get(word, word) for word in words if word not in VQA_ARTICLES)
 
 
+def vqa_normalize(text: str) -> str:
+    """vqaEval's normalisation of one answer: processPunctuation, then processDigitArticle."""
+    return vqa_process_digits_articles(vqa_process_punctuation(text))
+
+
+def _vqa_strip(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     """One question's VQAv2 accuracy: the mean, over each human answer left out in turn, of
     min(1, matches among the other answers / 3); with 10 humans, one match scores 0.3.
 
-    As in vqaEval.py: the prediction is always processed (tabs and newlines to spaces, stripped,
-    punctuation, digits and articles); the human answers get only the punctuation step, and only
-    when they are not all identical.
+    As in vqaEval.py at GT-Vision-Lab/VQA master (commit a013f00, "Fixed processing answers bug"):
+    the prediction and the human answers are stripped (newlines and tabs become spaces); only when
+    the stripped human answers are not all identical are both the humans and the prediction
+    normalised (`vqa_normalize`). When all humans agree the raw strings are compared, so "Yes"
+    against ten "yes" scores 0.
     """
     if not answers:
         raise ValueError("VQA accuracy needs the human answers of the question; got none")
-    predicted = prediction.replace("\n", " ").replace("\t", " ").strip()
-    predicted = vqa_process_digits_articles(vqa_process_punctuation(predicted))
-    humans = [vqa_process_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+    predicted = _vqa_strip(prediction)
+    humans = [_vqa_strip(answer) for answer in answers]
+    if len(set(humans)) > 1:
+        humans = [vqa_normalize(human) for human in humans]
+        predicted = vqa_normalize(predicted)
     matches = sum(human == predicted for human in humans)
     return sum(min(1.0, (matches - (human == predicted)) / 3) for human in humans) / len(humans)
 
@@ -182,6 +197,7 @@ class MeanAnswerScore(Metric):
         super().__init__(**kwargs)
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
 
     def score(self, prediction: str, answers: Sequence[str]) -> float:
         raise NotImplementedError
@@ -189,12 +205,21 @@ class MeanAnswerScore(Metric):
     def update(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> None:
         if len(predictions) != len(references):
             raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
-        for prediction, answers in zip(predictions, references):
-            self.total += self.score(prediction, answers)
+        scores = [self.score(prediction, answers) for prediction, answers in zip(predictions, references)]
+        self.scores.append(torch.tensor(scores, dtype=torch.float64, device=self.device))
+        self.total += sum(scores)
         self.count += len(predictions)
 
     def compute(self) -> torch.Tensor:
         return self.total / self.count.clamp(min=1)
+
+    def compute_per_sample(self) -> torch.Tensor:
+        """Each question's score, in the order they were added (process by process after a distributed sync)."""
+        with self.sync_context(should_sync=self.sync_on_compute, should_unsync=True):
+            scores = self.scores
+            if isinstance(scores, list):
+                scores = torch.cat(scores) if scores else torch.zeros(0, dtype=torch.float64, device=self.device)
+            return scores.to(torch.float64)
 
 
 class ExactMatchAccuracy(MeanAnswerScore):

@@ -49,7 +49,11 @@ def generate_answers(
 
 
 def score_rows(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
-    return score_predictions([r["prediction"] for r in rows], [r["answers"] for r in rows], metrics)
+    """The corpus scores of `rows`; each row gets its own scores as `row["scores"]` ({} without references)."""
+    values, per_sample = score_predictions([r["prediction"] for r in rows], [r["answers"] for r in rows], metrics)
+    for row, scores in zip(rows, per_sample):
+        row["scores"] = scores
+    return values
 
 
 def evaluate_with_blind_baseline(
@@ -63,7 +67,8 @@ def evaluate_with_blind_baseline(
     blanked (the blind baseline: what the LLM answers from the text alone).
 
     Returns metrics named `<prefix>/<source>/<metric>` and `<prefix>/<source>/blind_<metric>` (absent
-    for a source without reference answers, whose predictions are still returned), and the rows.
+    for a source without reference answers, whose predictions are still returned), and the rows with
+    images, each with its own scores (`scores`).
     """
     values: dict[str, float] = {}
     predictions: dict[str, list[dict[str, Any]]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torchmetrics import Metric
 
 from vlmlab.eval.answer_metrics import ANLS, ExactMatchAccuracy, VQAAccuracy
@@ -29,7 +30,16 @@ def build_metrics(names: Sequence[str], **kwargs: Any) -> dict[str, Metric]:
 
 def metric_values(name: str, metric: Metric) -> dict[str, float]:
     """The computed metric as named numbers: BLEU gives bleu_1..bleu_4, the others one value."""
-    value = metric.compute()
+    return _named(name, metric.compute())
+
+
+def per_sample_values(name: str, metric: Metric) -> list[dict[str, float]]:
+    """Each sample's score, named as `metric_values` names the corpus score (every vlmlab metric has
+    `compute_per_sample`; under a process group, collective like `compute`)."""
+    return [_named(name, value) for value in metric.compute_per_sample()]
+
+
+def _named(name: str, value: torch.Tensor) -> dict[str, float]:
     if value.ndim == 0:
         return {name: float(value)}
     return {f"{name}_{i}": float(v) for i, v in enumerate(value, start=1)}
@@ -37,14 +47,18 @@ def metric_values(name: str, metric: Metric) -> dict[str, float]:
 
 def score_predictions(
     predictions: Sequence[str], references: Sequence[Sequence[str]], names: Sequence[str]
-) -> dict[str, float]:
-    """Every named metric over the predictions that have references; {} when none has. Scored in this
-    process alone (no gathering, even when a process group exists: rank 0 evaluates after training)."""
-    scored = [(p, r) for p, r in zip(predictions, references) if r]
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Every named metric over the predictions that have references, and each prediction's own scores ({} for
+    one without references; no corpus values when none has). Scored in this process alone (no gathering, even
+    when a process group exists: rank 0 evaluates after training)."""
+    scored = [i for i, refs in enumerate(references) if refs]
+    per_sample: list[dict[str, float]] = [{} for _ in predictions]
     if not scored:
-        return {}
+        return {}, per_sample
     values: dict[str, float] = {}
     for name, metric in build_metrics(names, sync_on_compute=False).items():
-        metric.update([p for p, _ in scored], [r for _, r in scored])
+        metric.update([predictions[i] for i in scored], [references[i] for i in scored])
         values.update(metric_values(name, metric))
-    return values
+        for i, sample_values in zip(scored, per_sample_values(name, metric)):
+            per_sample[i].update(sample_values)
+    return values, per_sample

@@ -15,7 +15,7 @@ from vlmlab.data.chat_format import to_messages
 from vlmlab.data.conversation_dataset import record_images
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.eval.generation import generate_answers
-from vlmlab.eval.metrics import build_metrics, metric_values
+from vlmlab.eval.metrics import build_metrics, metric_values, per_sample_values
 from vlmlab.training.distributed import is_sharded
 
 THUMBNAIL = 128  # pixels, longest side of the images in the sample table
@@ -43,7 +43,8 @@ class GenerationValidation(L.Callback):
     validation prompts of every source the stage trains on, split across processes, and logs each
     source's metrics as `val/<source>/<metric>` (synced across processes by torchmetrics). On rank 0,
     with an MLflow logger, the first `table_rows` samples go to the run as a table artifact
-    `val_samples/<source>/step_<N>.json` (image, question, prediction, references).
+    `val_samples/<source>/step_<N>.json` (image, question, prediction, references, and the sample's score
+    under each metric, e.g. `cider`, `bleu_4`, `vqa_accuracy`).
 
     Under a sharded strategy (FSDP, FSDP2) it does nothing but say so once: every forward pass of a
     sharded model is collective, and generation stops at different lengths on each process. `val/loss`
@@ -74,11 +75,17 @@ class GenerationValidation(L.Callback):
             )
             rows = generate_answers(pl_module.model, loader, self.max_new_tokens, progress=False)
             scored = [r for r in rows if r["answers"]]
+            for row in rows:
+                row["scores"] = {}
             for name, metric in build_metrics(spec.get("metrics") or ["exact_match"]).items():
                 metric = metric.to(pl_module.device)
                 metric.update([r["prediction"] for r in scored], [r["answers"] for r in scored])
                 for key, value in metric_values(name, metric).items():  # compute() gathers every process
                     pl_module.log(f"val/{source}/{key}", value, batch_size=max(1, len(scored)))
+                per_sample = per_sample_values(name, metric)  # collective: gathered process by process
+                if trainer.is_global_zero:  # rank 0's own rows come first
+                    for row, values in zip(scored, per_sample):
+                        row["scores"].update(values)
             if trainer.is_global_zero and isinstance(trainer.logger, MLFlowLogger) and self.table_rows:
                 self._log_table(trainer, datamodule, source, rows[: self.table_rows])
 
@@ -86,7 +93,10 @@ class GenerationValidation(L.Callback):
     def _log_table(trainer: L.Trainer, datamodule: VLMDataModule, source: str, rows: list[dict[str, Any]]) -> None:
         records = datamodule.records(source, "val")
         columns: dict[str, list[Any]] = {"id": [], "image": [], "question": [], "prediction": [], "references": []}
+        score_names = sorted({name for row in rows for name in row["scores"]})
         for row in rows:
+            for name in score_names:
+                columns.setdefault(name, []).append(row["scores"].get(name))
             record = records[row["index"]]
             images = record_images(record)
             columns["id"].append(str(row["id"]))
