@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import torch
 
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
@@ -56,7 +57,10 @@ def test_grouped_batches_hold_one_modality_and_the_longest_comes_first() -> None
 
 def test_ranks_split_each_global_batch_and_cover_it() -> None:
     lengths = mixed_lengths(203)
-    ranks = [GroupedMixtureSampler([lengths], [1.0], batch_size=4, num_replicas=3, rank=r, seed=5) for r in range(3)]
+    ranks = [
+        GroupedMixtureSampler([lengths], [1.0], batch_size=12, micro_batch_size=4, num_replicas=3, rank=r, seed=5)
+        for r in range(3)
+    ]
     shares = [batches_of(s) for s in ranks]
     assert len({len(s) for s in shares}) == 1 and len(shares[0]) == 203 // 12  # equal step counts on every rank
     seen = [i for share in shares for batch in share for i in batch]
@@ -66,6 +70,49 @@ def test_ranks_split_each_global_batch_and_cover_it() -> None:
         assert sum((share[step] for share in shares), []) == global_batch
     longest = max(seen, key=lambda i: abs(lengths[i]))
     assert longest in shares[0][0]  # rank 0's first batch holds the epoch's longest sample
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_an_optimizer_step_trains_the_same_samples_on_any_number_of_processes(group_by_length: bool) -> None:
+    # 92 samples, global batch 16: 5 steps (the remainder of 12 is left out) however the batch is split
+    lengths = mixed_lengths(92)
+
+    def steps(micro: int, replicas: int) -> list[list[list[int]]]:
+        """Per optimizer step, its micro-batches in the order micro-batch j = (accumulation a, rank a % R)."""
+        shares = [
+            batches_of(
+                GroupedMixtureSampler([lengths], [1.0], 16, micro, replicas, r, seed=2, group_by_length=group_by_length)
+            )
+            for r in range(replicas)
+        ]
+        accumulation = 16 // (micro * replicas)
+        assert {len(share) for share in shares} == {5 * accumulation}
+        return [
+            [shares[r][step * accumulation + a] for a in range(accumulation) for r in range(replicas)]
+            for step in range(5)
+        ]
+
+    one_process = steps(4, 1)  # 4 accumulated micro-batches
+    assert steps(4, 2) == steps(4, 4) == one_process  # the same micro-batches, shared out
+    assert steps(8, 2) == [[sum(step[:2], []), sum(step[2:], [])] for step in one_process]
+
+
+def test_resume_continues_the_epoch_and_after_its_end_the_next() -> None:
+    lengths = mixed_lengths(100)
+
+    def sampler() -> GroupedMixtureSampler:
+        return GroupedMixtureSampler([lengths], [1.0], batch_size=8, micro_batch_size=4, seed=1)
+
+    epoch1 = sampler()
+    epoch1.set_epoch(1)
+    full = list(epoch1)
+    resumed = sampler()
+    resumed.resume_at(1, 6)  # the epoch is set at once: a loader's workers may draw before set_epoch
+    assert resumed.epoch == 1 and list(resumed) == full[6 * 4 :]
+    after_the_end = sampler()
+    after_the_end.resume_at(0, sampler().micro_batches_per_epoch())
+    epoch1.set_epoch(1)
+    assert after_the_end.epoch == 1 and list(after_the_end) == full
 
 
 def test_estimate_length_signs_the_modality() -> None:

@@ -127,7 +127,13 @@ def padding_waste(lengths: list[int], batch_size: int, num_replicas: int, group_
     first = 0
     for rank in range(num_replicas):
         sampler = GroupedMixtureSampler(
-            [lengths], [1.0], batch_size, num_replicas=num_replicas, rank=rank, group_by_length=group_by_length
+            [lengths],
+            [1.0],
+            batch_size * num_replicas,  # global batch: `batch_size` per process
+            micro_batch_size=batch_size,
+            num_replicas=num_replicas,
+            rank=rank,
+            group_by_length=group_by_length,
         )
         order = torch.tensor(list(sampler)).view(-1, batch_size)
         batch_lengths = torch.tensor(lengths).abs()[order]

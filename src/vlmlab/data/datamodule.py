@@ -45,6 +45,9 @@ class VLMDataModule(L.LightningDataModule):
     """Args:
     sources: name -> {task, format, prompt, train, val, test} (see `formats`; val/test may be null).
     mixture: name -> weight for this stage's training data (see `GroupedMixtureSampler`).
+    micro_batch_size: training samples per process and forward pass.
+    batch_size: the global batch of one optimizer step (None: micro_batch_size x processes); an epoch is
+        a whole number of global batches on any number of processes.
     formatter, image_processor: built from the model (tokenizer, image tokens, encoder size).
     synthetic: generator settings; when set, the synthetic dataset is written to `root` if missing.
     on_bad_record: `skip` (drop, count and log records that cannot become samples) or `raise`.
@@ -63,6 +66,7 @@ class VLMDataModule(L.LightningDataModule):
         formatter: ChatFormatter,
         image_processor: ImageProcessor,
         micro_batch_size: int,
+        batch_size: int | None = None,
         eval_batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -82,6 +86,7 @@ class VLMDataModule(L.LightningDataModule):
         self.formatter = formatter
         self.image_processor = image_processor
         self.micro_batch_size = micro_batch_size
+        self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -173,11 +178,13 @@ class VLMDataModule(L.LightningDataModule):
 
     def train_sampler(self) -> GroupedMixtureSampler:
         trainer = self.trainer
+        world_size = trainer.world_size if trainer else 1
         return GroupedMixtureSampler(
             [self.lengths(name, "train") for name in self.mixture],
             list(self.mixture.values()),
-            batch_size=self.micro_batch_size,
-            num_replicas=trainer.world_size if trainer else 1,
+            batch_size=self.batch_size or self.micro_batch_size * world_size,
+            micro_batch_size=self.micro_batch_size,
+            num_replicas=world_size,
             rank=trainer.global_rank if trainer else 0,
             seed=self.seed,
             group_by_length=self.group_by_length,

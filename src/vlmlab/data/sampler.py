@@ -31,15 +31,21 @@ class GroupedMixtureSampler(DistributedSampler):
 
     Each epoch every source is drawn `weight` times (1.0 = each record once, 0.5 = a random half,
     2.5 = twice plus a random half) and shuffled. Then indices are cut into global batches of
-    `batch_size * num_replicas`, each split into contiguous per-process batches. With
+    `batch_size` samples: the samples of one optimizer step over all processes and accumulated
+    micro-batches. Samples that do not fill a last global batch are dropped, so every epoch is a whole
+    number of optimizer steps and the same samples train on any number of processes. With
     `group_by_length`, image and text-only samples are taken apart; each is cut into pools of
     `length_group_batches` global batches whose samples are sorted by length before being cut into
     global batches (LLaVA's megabatches: a larger pool means less padding and less randomness); the
-    global batches are shuffled and the one holding the longest sample goes first. Samples that do
-    not fill a last global batch are dropped.
+    global batches are shuffled and the one holding the longest sample goes first.
+
+    A global batch is cut into micro-batches of `micro_batch_size` in order; micro-batch j goes to
+    process j % num_replicas, as its (j // num_replicas)-th accumulated micro-batch. One process thus
+    sees the same micro-batches as 64, in another arrangement: averaged over processes and accumulation
+    the step's gradient is the same.
 
     It shards itself, so it subclasses `DistributedSampler`: Lightning then leaves it as it is and
-    calls `set_epoch`. Deterministic for a seed and epoch.
+    calls `set_epoch`. Deterministic for a seed and epoch; `resume_at` continues an epoch part-way.
     """
 
     def __init__(
@@ -47,27 +53,38 @@ class GroupedMixtureSampler(DistributedSampler):
         lengths: Sequence[Sequence[int]],
         weights: Sequence[float],
         batch_size: int,
+        micro_batch_size: int | None = None,
         num_replicas: int = 1,
         rank: int = 0,
         seed: int = 0,
         group_by_length: bool = True,
         length_group_batches: int = 50,
     ) -> None:
+        """`batch_size`: the global batch of one optimizer step; `micro_batch_size`: samples per process and
+        forward pass (default: `batch_size // num_replicas`, no accumulation)."""
         if len(lengths) != len(weights):
             raise ValueError(f"{len(lengths)} sources but {len(weights)} weights")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        micro_batch_size = micro_batch_size or batch_size // num_replicas
+        if micro_batch_size <= 0 or batch_size % (micro_batch_size * num_replicas):
+            raise ValueError(
+                f"global batch_size={batch_size} is not divisible by micro_batch_size={micro_batch_size} x "
+                f"{num_replicas} processes"
+            )
         self.sizes = [len(part) for part in lengths]
         self.lengths = torch.tensor([n for part in lengths for n in part], dtype=torch.long)
         self.weights = list(weights)
-        self.batch_size = batch_size
+        self.global_batch_size = batch_size
+        self.batch_size = micro_batch_size
+        self.accumulation = batch_size // (micro_batch_size * num_replicas)
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = seed
         self.group_by_length = group_by_length
         self.length_group_batches = length_group_batches
         self.epoch = 0
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained in it)
+        self._resume_at: tuple[int, int] | None = None  # (epoch, micro-batches already trained in it)
 
     def _counts(self) -> list[tuple[int, int]]:
         """(full repeats, extra random records) per source."""
@@ -76,8 +93,16 @@ class GroupedMixtureSampler(DistributedSampler):
     def num_drawn(self) -> int:
         return sum(repeats * n + extra for n, (repeats, extra) in zip(self.sizes, self._counts()))
 
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (global batches) in an epoch."""
+        return self.num_drawn() // self.global_batch_size
+
+    def micro_batches_per_epoch(self) -> int:
+        """This process's micro-batches in an epoch (the training loader's length)."""
+        return self.steps_per_epoch() * self.accumulation
+
     def __len__(self) -> int:
-        return self.num_drawn() // (self.batch_size * self.num_replicas) * self.batch_size
+        return self.micro_batches_per_epoch() * self.batch_size
 
     def _draw(self, generator: torch.Generator) -> torch.Tensor:
         chosen = []
@@ -98,10 +123,10 @@ class GroupedMixtureSampler(DistributedSampler):
         return indices[torch.argsort(self.lengths[indices].abs(), descending=True, stable=True)]
 
     def global_batches(self) -> list[torch.Tensor]:
-        """This epoch's global batches (each `batch_size * num_replicas` indices), in training order."""
+        """This epoch's global batches (each `batch_size` indices), in training order."""
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         indices = self._draw(generator)
-        size = self.batch_size * self.num_replicas
+        size = self.global_batch_size
         if not self.group_by_length:
             return self._chunks(indices, size)
         pool = size * self.length_group_batches
@@ -119,8 +144,22 @@ class GroupedMixtureSampler(DistributedSampler):
         longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i][0]].abs()))
         return [batches[longest]] + batches[:longest] + batches[longest + 1 :]
 
+    def micro_batches(self) -> list[torch.Tensor]:
+        """This process's micro-batches of the epoch, in order."""
+        size, replicas = self.batch_size, self.num_replicas
+        return [
+            batch[(a * replicas + self.rank) * size : (a * replicas + self.rank + 1) * size]
+            for batch in self.global_batches()
+            for a in range(self.accumulation)
+        ]
+
     def resume_at(self, epoch: int, batches: int) -> None:
-        """Start epoch `epoch`'s next iteration after its first `batches` batches (a resumed run)."""
+        """Continue epoch `epoch` after its first `batches` micro-batches (a resumed run); after a whole epoch,
+        the next one from its start. Sets the epoch at once: Lightning creates the loader's iterator (and
+        workers start drawing indices) before it calls `set_epoch` on a resumed run."""
+        if batches >= self.micro_batches_per_epoch():
+            epoch, batches = epoch + 1, 0
+        self.epoch = epoch
         self._resume_at = (epoch, batches)
 
     def __iter__(self) -> Iterator[int]:
@@ -128,6 +167,5 @@ class GroupedMixtureSampler(DistributedSampler):
         if self._resume_at is not None and self._resume_at[0] == self.epoch:
             skip = self._resume_at[1]
         self._resume_at = None
-        start = self.rank * self.batch_size
-        for batch in self.global_batches()[skip:]:
-            yield from batch[start : start + self.batch_size].tolist()
+        for batch in self.micro_batches()[skip:]:
+            yield from batch.tolist()

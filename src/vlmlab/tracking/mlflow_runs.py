@@ -8,6 +8,7 @@ and, for a stage, its name. The store is whatever `tracking_uri` says (by defaul
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -75,6 +77,34 @@ def experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_l
     return client.create_experiment(name, artifact_location=None if remote else artifact_location)
 
 
+class StageLogger(MLFlowLogger):
+    """Lightning's `MLFlowLogger` for a stage's run, logging each step once.
+
+    A resumed stage recomputes the steps between its last checkpoint and the kill, and MLflow cannot
+    delete logged values: the steps a resumed run's history already holds (per metric) are not logged
+    again. With an exact resume the recomputed values equal the logged ones. Steps are logged in
+    increasing order, so a value for a step at or before the last one logged is dropped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logged_up_to: dict[str, int] = {}  # metric -> last step in the run's history
+
+    def skip_logged_steps(self) -> None:
+        """Read which steps the (continued) run already holds."""
+        client = self.experiment
+        for key in client.get_run(self.run_id).data.metrics:
+            self.logged_up_to[key] = max(m.step for m in client.get_metric_history(self.run_id, key))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is not None:  # (Lightning also sends `epoch` twice at a step that validates: kept once)
+            metrics = {k: v for k, v in metrics.items() if step > self.logged_up_to.get(k, -1)}
+            self.logged_up_to.update(dict.fromkeys(metrics, step))
+        if metrics:
+            super().log_metrics(metrics, step)
+
+
 class CurriculumTracker:
     """Creates the parent run, hands out stage loggers, and logs final metrics on the parent."""
 
@@ -113,22 +143,33 @@ class CurriculumTracker:
             )
         self.client.log_metric(self.parent_run_id, "model/image_tokens", image_tokens)
 
-    def stage_logger(self, stage: str, init_from: str | None, run_id: str | None = None) -> MLFlowLogger:
-        """The stage's child run; with `run_id`, that existing run continues (a resumed stage)."""
+    def stage_logger(self, stage: str, init_from: str | None, run_id: str | None = None) -> StageLogger:
+        """The stage's child run. An existing one continues (a resumed stage): the run `run_id`, or the parent's
+        child run of this stage that a run killed before recording its id left behind."""
+        run_id = run_id or self._existing_stage_run(stage)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
-            return MLFlowLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=run_id)
+            logger = StageLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=run_id)
+            logger.skip_logged_steps()
+            return logger
         tags = {"mlflow.parentRunId": self.parent_run_id, "stage": stage, "init_from": init_from or "config"}
         tags |= sweep_tags()
         if self.commit:
             tags["mlflow.source.git.commit"] = self.commit
-        return MLFlowLogger(
+        return StageLogger(
             experiment_name=self.experiment_name,
             run_name=stage,
             tracking_uri=self.tracking_uri,
             tags=tags,
             artifact_location=self.artifact_location,
         )
+
+    def _existing_stage_run(self, stage: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' AND tags.stage = '{stage}'",
+        )
+        return runs[0].info.run_id if runs else None
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

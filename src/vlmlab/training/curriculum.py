@@ -53,8 +53,10 @@ def build_datamodule(
     mixture: dict[str, float],
     micro_batch_size: int,
     encoder_frozen: bool = False,
+    batch_size: int | None = None,
 ) -> VLMDataModule:
-    """The data module of one stage; `encoder_frozen` lets it use `data.feature_cache` (when enabled)."""
+    """The data module of one stage (`batch_size`: its global batch); `encoder_frozen` lets it use
+    `data.feature_cache` (when enabled)."""
     feature_cache = cfg.data.get("feature_cache")
     formatter = ChatFormatter(
         model.llm.tokenizer, model.llm.image_token, model.num_image_tokens, max_length=cfg.data.max_length
@@ -66,6 +68,7 @@ def build_datamodule(
         formatter=formatter,
         image_processor=ImageProcessor(model.encoder.preprocessing, cfg.data.image_resize),
         micro_batch_size=micro_batch_size,
+        batch_size=batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
@@ -93,15 +96,17 @@ def build_trainer(
     world_size = int(cfg.trainer.get("num_nodes", 1)) * (
         cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     )
+    accumulation = stage.accumulation(world_size)
+    val_every = stage.val_check_interval  # optimizer steps of the stage; Lightning counts micro-batches per process
     trainer = instantiate(
         cfg.trainer,
         max_steps=stage.max_steps,
         max_epochs=stage.max_epochs if stage.max_steps <= 0 else -1,
         precision=stage.precision,
         gradient_clip_val=stage.gradient_clip_val,
-        accumulate_grad_batches=stage.accumulation(world_size),
-        val_check_interval=stage.val_check_interval,
-        check_val_every_n_epoch=None if isinstance(stage.val_check_interval, int) else 1,
+        accumulate_grad_batches=accumulation,
+        val_check_interval=val_every * accumulation if isinstance(val_every, int) else val_every,
+        check_val_every_n_epoch=None if isinstance(val_every, int) else 1,
         default_root_dir=str(stage_dir),
         strategy=build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True), model, world_size),
         logger=logger if logger is not None else False,
@@ -267,6 +272,10 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
     main = global_rank(devices) == 0
     run_dir, state = load_state(cfg)
     state_file = run_dir / STATE_FILE
+    if state.get("finished"):
+        results = run_dir / "test_metrics.json"
+        print(f"The curriculum in {run_dir} is finished: nothing to resume (its results: {results})")
+        return json.loads(results.read_text()) if results.is_file() else {}
     init_from: str | None = cfg.get("init_from")
     done = [s for s in specs if state["stages"].get(s.name, {}).get("status") == "done"]
     if done:
@@ -283,6 +292,7 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
             tracker.log_config(tracker.parent_run_id, cfg)
             parts = {"encoder": model.encoder, "connector": model.connector, "llm": model.llm}
             tracker.log_model_facts(parts, model.num_image_tokens)
+            write_state(state_file, state)  # at once: a run killed now resumes into this parent run
     metrics: dict[str, float] = {}
     datamodule = None
     try:
@@ -290,7 +300,9 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
             record = state["stages"].setdefault(spec.name, {})
             mixture = mixture_weights(cfg, spec)
             frozen = spec.train["encoder"] == "frozen"
-            datamodule = build_datamodule(cfg, model, mixture, spec.micro_batch_size, encoder_frozen=frozen)
+            datamodule = build_datamodule(
+                cfg, model, mixture, spec.micro_batch_size, encoder_frozen=frozen, batch_size=spec.batch_size
+            )
             if record.get("status") == "done":
                 log.info("stage '%s' is done (%s)", spec.name, record["weights"])
                 continue

@@ -19,7 +19,8 @@ class TimmVisionEncoder(VisionEncoder):
         pretrained: load timm's pretrained weights (from the hub, or from `checkpoint_path`).
         checkpoint_path: a local weights file used instead of the hub when `pretrained` is true.
         feature_layer: block whose output is used; negative counts from the end (-2 = penultimate, as LLaVA);
-            a list of blocks concatenates their features per patch.
+            a list of blocks concatenates their features per patch. Blocks after the last one used, and the
+            final norm and head, are removed from the model (timm's `prune_intermediate_layers`).
         keep_prefix_tokens: keep CLS/register tokens in front of the patch tokens.
         image_size: input size override (timm resizes position embeddings).
         model_kwargs: extra constructor arguments (depth, embed_dim, patch_size, ... for tiny models).
@@ -48,6 +49,16 @@ class TimmVisionEncoder(VisionEncoder):
                 "from a chosen block; pick a ViT, EVA, ConvNeXt or another timm model that has it."
             )
         self.feature_layers = feature_layers(feature_layer)
+        try:
+            # The blocks after the last chosen one and the final norm and head take no part in the features:
+            # dropped, so that they hold no memory and DDP finds no parameter without a gradient.
+            self.feature_layers = self.model.prune_intermediate_layers(
+                self.feature_layers, prune_norm=True, prune_head=True
+            )
+        except (AssertionError, IndexError) as err:  # timm asserts on an out-of-range block index
+            raise ValueError(
+                f"timm model '{model_name}': feature_layer={feature_layer} is not a valid block ({err})"
+            ) from err
         self.keep_prefix_tokens = keep_prefix_tokens
         data_config = timm.data.resolve_model_data_config(self.model)
         _, height, width = data_config["input_size"]

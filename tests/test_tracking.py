@@ -1,0 +1,33 @@
+"""The stage runs in MLflow (a real sqlite store): a kill between creating a stage's run and recording its id
+leaves no second run; a continued run does not log a step twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from vlmlab.tracking.mlflow_runs import CurriculumTracker
+
+
+def test_a_stage_run_created_before_a_kill_is_continued_not_duplicated(tmp_path: Path, mlflow_uri: str) -> None:
+    tracker = CurriculumTracker(mlflow_uri, "orphans", "run", str(tmp_path / "artifacts"))
+    first = tracker.stage_logger("instruct", init_from=None)
+    first.log_metrics({"train/loss": 2.0}, step=0)
+    first.log_metrics({"train/loss": 1.5, "epoch": 0.0}, step=1)
+    first.log_metrics({"epoch": 0.0, "val/loss": 1.4}, step=1)  # Lightning sends `epoch` again when validating
+    # killed here: the run record never named first.run_id; the resumed curriculum asks again
+    resumed = CurriculumTracker(mlflow_uri, "orphans", "run", None, parent_run_id=tracker.parent_run_id)
+    again = resumed.stage_logger("instruct", init_from=None)
+    assert again.run_id == first.run_id
+    again.log_metrics({"train/loss": 1.5}, step=1)  # recomputed after the resume: already in the history
+    again.log_metrics({"train/loss": 1.2}, step=2)
+    client = MlflowClient(mlflow_uri)
+    history = [(m.step, m.value) for m in client.get_metric_history(first.run_id, "train/loss")]
+    assert sorted(history) == [(0, 2.0), (1, 1.5), (2, 1.2)]
+    assert [m.step for m in client.get_metric_history(first.run_id, "epoch")] == [1]
+    children = client.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'"
+    )
+    assert [r.info.run_id for r in children] == [first.run_id]
+    assert resumed.stage_logger("align", init_from=None).run_id != first.run_id  # another stage: its own run
