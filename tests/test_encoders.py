@@ -99,8 +99,10 @@ def test_features_from_several_layers_are_concatenated_per_patch() -> None:
     single = [
         TimmVisionEncoder("vit_tiny_patch16_224", image_size=32, feature_layer=i, model_kwargs=TINY_VIT) for i in (0, 2)
     ]
-    for encoder in single:
-        encoder.load_state_dict(timm_encoder.state_dict())
+    weights = timm_encoder.state_dict()
+    for encoder in single:  # blocks after the last one used are dropped: layer 0 keeps one block
+        encoder.load_state_dict({k: v for k, v in weights.items() if k in encoder.state_dict()})
+    assert len(single[0].model.blocks) == 1 and not any(".norm." in k or k.startswith("model.norm") for k in weights)
     assert (timm_encoder.num_patches, timm_encoder.output_dim) == (16, 64)
     torch.testing.assert_close(timm_encoder(x), torch.cat([e(x) for e in single], dim=-1))
 
