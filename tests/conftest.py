@@ -44,6 +44,7 @@ FAST_OVERRIDES = [
     "trainer.log_every_n_steps=1",
     "~callbacks.progress_bar",
 ]
+MODEL_OVERRIDES = [o for o in FAST_OVERRIDES if o.startswith("model.")]
 
 
 @pytest.fixture(scope="session")

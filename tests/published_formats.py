@@ -120,3 +120,38 @@ def write_llava_instruct(root: Path) -> list[dict]:
     ]
     write_json(root / "llava_v1_5_mix665k.json", records)
     return records
+
+
+def bad_llava_dataset(root: Path) -> dict[str, int]:
+    """A LLaVA file with one good record and one of each kind of bad record; returns the expected counts."""
+    write_image(root / "images" / "ok.png", "red")
+    (root / "images" / "corrupt.png").write_bytes(b"\x89PNG but not really")
+    ask = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]
+    records = [
+        {"id": "good", "image": "ok.png", "conversations": ask},
+        {"id": "gone", "image": "nowhere.png", "conversations": ask},
+        {"id": "corrupt", "image": "corrupt.png", "conversations": ask},
+        {"id": "no-turns", "image": "ok.png"},
+        {"id": "two-images", "image": ["ok.png", "ok.png"], "conversations": ask},
+        {"id": "long", "image": "ok.png", "conversations": [ask[0], {"from": "gpt", "value": "word " * 400}]},
+        {
+            "id": "late",
+            "image": "ok.png",
+            "conversations": [{"from": "human", "value": "<image>" + " pad" * 400}, ask[1]],
+        },
+        {
+            "id": "image-late",
+            "image": "ok.png",
+            "conversations": [{"from": "human", "value": " pad" * 400 + "<image>"}, ask[1]],
+        },
+    ]
+    write_json(root / "llava_v1_5_mix665k.json", records)
+    write_json(root / "LLaVA-Pretrain" / "blip_laion_cc_sbu_558k.json", [])
+    return {
+        "missing_image": 1,
+        "bad_image": 1,
+        "malformed": 1,
+        "image_count": 1,
+        "answer_truncated": 1,  # "late": the prompt fills max_length ("long" keeps the start of its answer)
+        "image_truncated": 1,
+    }

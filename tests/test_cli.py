@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import FAST_OVERRIDES
-from tests.test_formats import MODEL_OVERRIDES, bad_llava_dataset
+from tests.conftest import FAST_OVERRIDES, MODEL_OVERRIDES
+from tests.published_formats import bad_llava_dataset
 
 BIN = Path(sys.executable).parent
 SYNTHETIC_METRICS = {  # what the synthetic sources are scored with, and their blind baselines
@@ -51,14 +51,9 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None
     assert (tmp_path / "run" / "stages" / "instruct" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "stages" / "align" / "checkpoints" / "last.ckpt").is_file()
 
-    # vlmlab-eval on the checkpoint: the same scores, submission files, an MLflow run.
-    same_model_and_data = [o for o in FAST_OVERRIDES if o.startswith(("model.", "data."))]
-    evaluate = [
-        str(BIN / "vlmlab-eval"),
-        *same_model_and_data,
-        f"data.root={synth_root}",
-        "checkpoint=run/stages/instruct",
-    ]
+    # vlmlab-eval on the stage folder, which describes its model: the same scores, submission files, an MLflow run.
+    same_data = [o for o in FAST_OVERRIDES if o.startswith("data.")]
+    evaluate = [str(BIN / "vlmlab-eval"), *same_data, f"data.root={synth_root}", "checkpoint=run/stages/instruct"]
     result = run([*evaluate, "hydra.run.dir=eval", "sources=[vqa,doc]"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -75,7 +70,11 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None
     assert eval_runs[0].data.metrics["test/vqa/vqa_accuracy"] == scores["test/vqa/vqa_accuracy"]
     assert eval_runs[0].data.tags["checkpoint"].endswith("stages/instruct/model.safetensors")
 
-    wrong = run([*evaluate, "hydra.run.dir=eval2", "model.llm.config.num_hidden_layers=2"], cwd=tmp_path)
+    retyped = run([*evaluate, "hydra.run.dir=eval2", "model.llm.config.num_hidden_layers=2"], cwd=tmp_path)
+    assert retyped.returncode != 0 and "already says which model" in retyped.stderr  # not silently ignored
+    model = [o for o in FAST_OVERRIDES if o.startswith("model.")]
+    wrong = [*evaluate, *model, "model_source=groups", "hydra.run.dir=eval3", "model.llm.config.num_hidden_layers=2"]
+    wrong = run(wrong, cwd=tmp_path)
     assert wrong.returncode != 0
     assert "does not fit the model built from this config (missing: llm.model.model.layers.1." in wrong.stderr
     assert "Use the model/* choices and overrides of the run that wrote it" in wrong.stderr

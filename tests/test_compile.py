@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_loss import batch_for, tiny_vlm
+from tests.tiny_models import batch_for, tiny_vlm
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.stage import StageSpec
 
@@ -33,7 +33,7 @@ def test_compiled_blocks_give_the_plain_loss_and_gradients(tokenizer) -> None:
         VLMTrainingModule(tiny_vlm(tokenizer), stage(compile=True, gradient_checkpointing=True)),
     ):
         module.train()
-        loss = module._loss(batch_for(module.model))
+        loss = module.batch_loss(batch_for(module.model))
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}))
     (loss, grads), (compiled_loss, compiled_grads) = results

@@ -13,34 +13,17 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from tests.scripts.record_stage import RecordStage
+from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
-from vlmlab.training.curriculum import (
-    build_datamodule,
-    build_trainer,
-    find_run_to_resume,
-    mixture_weights,
-    run_curriculum,
-    stage_specs,
-)
+from vlmlab.training.curriculum import run_curriculum
 from vlmlab.training.module import VLMTrainingModule
+from vlmlab.training.run_record import find_run_to_resume
+from vlmlab.training.stage import mixture_weights, stage_specs
+from vlmlab.training.stage_runner import build_trainer
 
 NO_EVAL = ["eval.enabled=false", "~callbacks.generation_validation"]
-RECORD = ["+callbacks.record._target_=tests.test_curriculum.RecordStage"]
-
-
-class RecordStage(L.Callback):
-    """Test probe: each stage's weights when training starts and the parameters that get a gradient."""
-
-    weights_at_start: dict[str, dict[str, torch.Tensor]] = {}
-    with_gradient: dict[str, set[str]] = {}
-
-    def on_train_start(self, trainer: L.Trainer, module: VLMTrainingModule) -> None:
-        state = module.model.state_dict()
-        RecordStage.weights_at_start[module.stage.name] = {k: v.detach().clone() for k, v in state.items()}
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, module: VLMTrainingModule, optimizer) -> None:
-        names = {n for n, p in module.model.named_parameters() if p.grad is not None}
-        RecordStage.with_gradient.setdefault(module.stage.name, set()).update(names)
+RECORD = ["+callbacks.record._target_=tests.scripts.record_stage.RecordStage"]
 
 
 def child_runs(mlflow_uri: str, experiment: str, parent_name: str) -> dict[str, object]:
@@ -102,7 +85,7 @@ def test_lora_trains_only_adapters_and_merges_to_the_same_outputs(compose_config
     L.seed_everything(0)
     model = build_vlm(cfg.model)
     spec = stage_specs(cfg)[1]
-    datamodule = build_datamodule(cfg, model, mixture_weights(cfg, spec), spec.micro_batch_size)
+    datamodule = VLMDataModule.from_config(cfg.data, model, cfg.seed, mixture_weights(cfg, spec), spec.micro_batch_size)
     datamodule.prepare_data()
     batch = next(iter(datamodule.train_dataloader()))
     base_llm = {k: v.clone() for k, v in model.llm.state_dict().items()}

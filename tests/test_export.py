@@ -21,12 +21,12 @@ from transformers import (
 from tests.demo_run import BIN, run_cli
 from tests.tiny_models import tiny_llama_config
 from vlmlab.cli.import_llava import import_llava
-from vlmlab.eval.checkpoint import load_weights
 from vlmlab.inference.answer import Assistant
 from vlmlab.inference.loading import LoadedModel, load_model, save_model_folder
+from vlmlab.interop.hf_llava import check_fits_llava
 from vlmlab.models.builder import build_vlm
-from vlmlab.models.hf_llava import check_fits_llava
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
+from vlmlab.models.weights import load_weights
 
 
 def logits(model, inputs) -> torch.Tensor:
@@ -160,7 +160,9 @@ def test_a_model_llava_cannot_express_is_refused_and_saved_in_vlmlabs_format(tok
     model = build_vlm(model_cfg).eval()
     with pytest.raises(ValueError, match="TimmVisionEncoder.*CLIP or SigLIP.*LinearConnector.*format=vlmlab"):
         check_fits_llava(model)
-    save_model_folder(LoadedModel(model, OmegaConf.to_container(model_cfg), "letterbox", "test"), tmp_path / "own")
+    save_model_folder(
+        LoadedModel(model, OmegaConf.to_container(model_cfg), "letterbox", "test", tmp_path), tmp_path / "own"
+    )
     reloaded = load_model(tmp_path / "own")
     assert reloaded.image_resize == "letterbox" and reloaded.source.endswith("model.yaml")
     ids = torch.tensor([[5, *[model.image_token_id] * model.num_image_tokens, 9]])

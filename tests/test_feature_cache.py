@@ -8,10 +8,11 @@ import lightning as L
 import pytest
 import torch
 
+from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.feature_cache import cache_key
 from vlmlab.models.builder import build_vlm
-from vlmlab.training.curriculum import build_datamodule, mixture_weights, stage_specs
 from vlmlab.training.module import VLMTrainingModule
+from vlmlab.training.stage import mixture_weights, stage_specs
 
 STAGE = "curriculum.stages.instruct"  # encoder frozen, connector and LLM trained
 
@@ -34,8 +35,13 @@ def fit(compose_config, tmp_path: Path, cached: bool, overrides: list[str] = (),
     model = build_vlm(cfg.model)
     calls = []
     model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
-    datamodule = build_datamodule(
-        cfg, model, mixture_weights(cfg, spec), spec.micro_batch_size, encoder_frozen=spec.train["encoder"] == "frozen"
+    datamodule = VLMDataModule.from_config(
+        cfg.data,
+        model,
+        cfg.seed,
+        mixture_weights(cfg, spec),
+        spec.micro_batch_size,
+        encoder_frozen=spec.train["encoder"] == "frozen",
     )
     losses: list[float] = []
     calls_per_epoch: list[int] = []
@@ -94,9 +100,8 @@ def test_a_changed_layer_choice_or_weights_give_a_new_store(compose_config, tmp_
     assert other_layer["calls"][0] > 0  # rebuilt, not the old features
     assert len(other_layer["stores"]) == 6 and set(base["stores"]) < set(other_layer["stores"])
     model = base["model"]
-    dataset = build_datamodule(
-        compose_config([f"data.feature_cache.dir={tmp_path / 'cache'}"]), model, {"vqa": 1.0}, 4
-    ).dataset("vqa", "train")
+    cfg = compose_config([f"data.feature_cache.dir={tmp_path / 'cache'}"])
+    dataset = VLMDataModule.from_config(cfg.data, model, cfg.seed, {"vqa": 1.0}, 4).dataset("vqa", "train")
     key = cache_key(model.encoder, dataset, "float32")
     with torch.no_grad():
         next(model.encoder.parameters()).add_(1e-3)

@@ -7,7 +7,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.test_loss import batch_for, tiny_vlm
+from tests.tiny_models import batch_for, tiny_vlm
 from vlmlab.models.connectors import PerceiverResamplerConnector, QFormerConnector
 from vlmlab.training.flops import FlopsEstimate
 from vlmlab.training.module import VLMTrainingModule
@@ -29,7 +29,7 @@ def test_flops_per_batch_matches_the_flop_counter(tokenizer, train: dict[str, st
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])  # padding is not counted by the estimate
     module.train()
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # attention as countable matmuls
-        module._loss(batch).backward()
+        module.batch_loss(batch).backward()
     measured = counter.get_total_flops()
     module.training_step(batch, 0)  # sets the estimate of this batch
     # Within 10 %: the estimate also counts a backward through the encoder's last layer, which LLaVA's

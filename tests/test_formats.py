@@ -17,9 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
-from tests.conftest import FAST_OVERRIDES
+from tests.conftest import MODEL_OVERRIDES
 from tests.published_formats import (
     VQA_ANSWERS,
+    bad_llava_dataset,
     write_coco_captions,
     write_docvqa,
     write_image,
@@ -32,9 +33,7 @@ from vlmlab.data.chat_format import IGNORE_INDEX, SampleError
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
-from vlmlab.training.curriculum import build_datamodule
 
-MODEL_OVERRIDES = [o for o in FAST_OVERRIDES if o.startswith("model.")]
 SHORT_VQA = "Answer the question using a single word or phrase."
 
 
@@ -62,7 +61,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> VisionLanguageModel:
 
 
 def datamodule(cfg: DictConfig, model: VisionLanguageModel, mixture: str = "instruct", batch: int = 2) -> VLMDataModule:
-    return build_datamodule(cfg, model, dict(cfg.data.mixtures[mixture]), micro_batch_size=batch)
+    return VLMDataModule.from_config(cfg.data, model, cfg.seed, dict(cfg.data.mixtures[mixture]), batch)
 
 
 def decode(model: VisionLanguageModel, ids: torch.Tensor) -> str:
@@ -223,41 +222,6 @@ def test_mixture_yields_sources_in_the_configured_ratio(tmp_path: Path, model: V
     assert sum(sources.values()) == 100
     for task, count in expected.items():
         assert abs(sources[task] - count) <= 4, sources  # the weights, up to one dropped batch
-
-
-def bad_llava_dataset(root: Path) -> dict[str, int]:
-    """A LLaVA file with one good record and one of each kind of bad record; returns the expected counts."""
-    write_image(root / "images" / "ok.png", "red")
-    (root / "images" / "corrupt.png").write_bytes(b"\x89PNG but not really")
-    ask = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]
-    records = [
-        {"id": "good", "image": "ok.png", "conversations": ask},
-        {"id": "gone", "image": "nowhere.png", "conversations": ask},
-        {"id": "corrupt", "image": "corrupt.png", "conversations": ask},
-        {"id": "no-turns", "image": "ok.png"},
-        {"id": "two-images", "image": ["ok.png", "ok.png"], "conversations": ask},
-        {"id": "long", "image": "ok.png", "conversations": [ask[0], {"from": "gpt", "value": "word " * 400}]},
-        {
-            "id": "late",
-            "image": "ok.png",
-            "conversations": [{"from": "human", "value": "<image>" + " pad" * 400}, ask[1]],
-        },
-        {
-            "id": "image-late",
-            "image": "ok.png",
-            "conversations": [{"from": "human", "value": " pad" * 400 + "<image>"}, ask[1]],
-        },
-    ]
-    write_json(root / "llava_v1_5_mix665k.json", records)
-    write_json(root / "LLaVA-Pretrain" / "blip_laion_cc_sbu_558k.json", [])
-    return {
-        "missing_image": 1,
-        "bad_image": 1,
-        "malformed": 1,
-        "image_count": 1,
-        "answer_truncated": 1,  # "late": the prompt fills max_length ("long" keeps the start of its answer)
-        "image_truncated": 1,
-    }
 
 
 def test_bad_records_are_skipped_and_counted_by_reason(tmp_path: Path, model: VisionLanguageModel) -> None:

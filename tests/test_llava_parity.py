@@ -8,9 +8,9 @@ import torch
 from transformers import CLIPVisionConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from tests.tiny_models import tiny_llama_config
+from vlmlab.interop.llava_weights import llava_to_vlmlab
 from vlmlab.models.connectors import MLPConnector
 from vlmlab.models.encoders import HFVisionEncoder
-from vlmlab.models.llava_weights import llava_to_vlmlab
 from vlmlab.models.llms import LanguageModel
 from vlmlab.models.vlm import VisionLanguageModel
 

@@ -11,7 +11,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.test_answer_metrics import ANLS_CASES, VQA_CASES
+from tests.official_answer_cases import ANLS_CASES, VQA_CASES
 from vlmlab.eval.metrics import METRICS, build_metrics, metric_values
 
 WORDS = "a man dog red blue car street sitting on the with two small large people riding".split()

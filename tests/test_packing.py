@@ -10,14 +10,15 @@ import torch
 
 from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import collate
+from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.packing import collate_packed, pack_rows
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.connectors import MLPConnector
 from vlmlab.models.encoders import TimmVisionEncoder
 from vlmlab.models.llms import VARLEN_ATTENTION, LanguageModel
 from vlmlab.models.vlm import VisionLanguageModel
-from vlmlab.training.curriculum import build_datamodule, mixture_weights, stage_specs
 from vlmlab.training.module import VLMTrainingModule
+from vlmlab.training.stage import mixture_weights, stage_specs
 
 LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
@@ -123,7 +124,7 @@ def fit_first_losses(compose_config, packing: bool) -> tuple[list[float], dict[s
     spec = stage_specs(cfg)[1]
     L.seed_everything(0)
     model = build_vlm(cfg.model)
-    datamodule = build_datamodule(cfg, model, mixture_weights(cfg, spec), spec.micro_batch_size)
+    datamodule = VLMDataModule.from_config(cfg.data, model, cfg.seed, mixture_weights(cfg, spec), spec.micro_batch_size)
     module = VLMTrainingModule(model, spec)
     losses: list[float] = []
 

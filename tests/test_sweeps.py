@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,14 @@ def test_a_two_point_grid_sweep_gives_two_runs_with_the_sweep_tag_and_a_report(
     experiment = client.get_experiment_by_name("grid").experiment_id
     (report_run,) = client.search_runs([experiment], "tags.kind = 'report'")
     assert {a.path for a in client.list_artifacts(report_run.info.run_id)} == {"report.md", "report.png"}
+
+    # vlmlab-eval on a sweep point whose connector is not the default: the stage folder says which model it is
+    data = [o for o in QUICK if o.startswith("data.")]
+    command = [str(BIN / "vlmlab-eval"), *data, f"data.root={synth_root}", "checkpoint=sweep/0/stages/instruct"]
+    command += ["sources=[vqa]", "limit=2", "max_new_tokens=2", "blind=false", "track=false", "hydra.run.dir=eval"]
+    evaluated = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "test/vqa/vqa_accuracy" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
 
 def test_an_optuna_search_of_two_trials_optimises_the_configured_metric(tmp_path: Path, synth_root: Path) -> None:

@@ -13,11 +13,13 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_model
 
 from vlmlab.data.chat_format import SampleError
+from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.eval.answer_metrics import vqa_accuracy
 from vlmlab.models.builder import build_vlm
 from vlmlab.tracking.mlflow_runs import git_commit
-from vlmlab.training.curriculum import build_datamodule, mixture_weights, run_curriculum, stage_specs
+from vlmlab.training.curriculum import run_curriculum
 from vlmlab.training.module import VLMTrainingModule, warmup_cosine
+from vlmlab.training.stage import mixture_weights, stage_specs
 
 
 def test_warmup_cosine_schedule() -> None:
@@ -35,12 +37,12 @@ def test_fit_lowers_the_loss_and_respects_the_freeze_policy(compose_config) -> N
     spec = stage_specs(cfg)[0]  # encoder frozen; connector and LLM train
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     connector_before = {k: v.clone() for k, v in model.connector.state_dict().items()}
-    datamodule = build_datamodule(cfg, model, mixture_weights(cfg, spec), spec.micro_batch_size)
+    datamodule = VLMDataModule.from_config(cfg.data, model, cfg.seed, mixture_weights(cfg, spec), spec.micro_batch_size)
     datamodule.prepare_data()
     fixed_batch = next(iter(datamodule.train_dataloader()))
     module = VLMTrainingModule(model, spec)
     with torch.no_grad():
-        before = module._loss(fixed_batch).item()
+        before = module.batch_loss(fixed_batch).item()
     trainer = L.Trainer(
         max_steps=40,
         logger=False,
@@ -52,7 +54,7 @@ def test_fit_lowers_the_loss_and_respects_the_freeze_policy(compose_config) -> N
     trainer.fit(module, datamodule=datamodule)
     module.eval()
     with torch.no_grad():
-        after = module._loss(fixed_batch).item()
+        after = module.batch_loss(fixed_batch).item()
     assert after < 0.8 * before, (before, after)
     assert all(torch.equal(v, model.encoder.state_dict()[k]) for k, v in encoder_before.items())
     assert any(not torch.equal(v, model.connector.state_dict()[k]) for k, v in connector_before.items())
@@ -62,10 +64,14 @@ def test_fit_lowers_the_loss_and_respects_the_freeze_policy(compose_config) -> N
 def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> None:
     cfg = compose_config(["experiment_name=curriculum-test", "run_name=two-stages"])
     metrics = run_curriculum(cfg)
-    for source, metric in (("caption", "cider"), ("vqa", "vqa_accuracy"), ("doc", "anls")):
-        assert metrics[f"test/{source}/{metric}"] >= 0.0
-        assert f"test/{source}/blind_{metric}" in metrics
     run_dir = Path(cfg.paths.output_dir)
+    saved = json.loads((run_dir / "test_metrics.json").read_text())
+    for source, metric in (("caption", "cider"), ("vqa", "vqa_accuracy"), ("doc", "anls")):
+        for key in (f"test/{source}/{metric}", f"test/{source}/blind_{metric}"):
+            assert metrics[key] == saved[key], key  # returned (for sweeps) as written
+        rows = [json.loads(line) for line in (run_dir / "predictions" / f"{source}_test_scores.jsonl").open()]
+        per_sample = [row["scores"][metric] for row in rows]  # each sample's own score: they average to the corpus
+        assert sum(per_sample) / len(per_sample) == pytest.approx(metrics[f"test/{source}/{metric}"])
     state = json.loads((run_dir / "curriculum_state.json").read_text())
     assert list(state["stages"]) == ["align", "instruct"]
     assert all(s["status"] == "done" and s["global_step"] == 3 for s in state["stages"].values())

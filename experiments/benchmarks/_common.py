@@ -18,9 +18,9 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from vlmlab.data.synthetic import tokenizer_corpus
+from vlmlab.interop.llava_weights import llava_to_vlmlab
 from vlmlab.models.connectors import MLPConnector
 from vlmlab.models.encoders import HFVisionEncoder
-from vlmlab.models.llava_weights import llava_to_vlmlab
 from vlmlab.models.llms import LanguageModel
 from vlmlab.models.llms.tiny_tokenizer import train_tiny_tokenizer
 from vlmlab.models.vlm import VisionLanguageModel

@@ -26,9 +26,10 @@ import lightning as L
 from hydra import compose, initialize_config_dir
 
 from vlmlab.config import config_dir
+from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
-from vlmlab.training.curriculum import build_datamodule, mixture_weights, stage_specs
 from vlmlab.training.module import VLMTrainingModule
+from vlmlab.training.stage import mixture_weights, stage_specs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine  # noqa: E402
@@ -63,7 +64,9 @@ def run(cfg, cached: bool, steps: int) -> tuple[float, float]:
     L.seed_everything(0)
     model = build_vlm(cfg.model)
     cfg.data.feature_cache.enabled = cached
-    datamodule = build_datamodule(cfg, model, mixture_weights(cfg, spec), spec.micro_batch_size, encoder_frozen=True)
+    datamodule = VLMDataModule.from_config(
+        cfg.data, model, cfg.seed, mixture_weights(cfg, spec), spec.micro_batch_size, encoder_frozen=True
+    )
     timer = StepTimer()
     trainer = L.Trainer(
         max_steps=steps,
@@ -106,7 +109,7 @@ def main() -> None:
         model = build_vlm(cfg.model)
         parts = {p: sum(x.numel() for x in getattr(model, p).parameters()) for p in ("encoder", "connector", "llm")}
         print(f"{machine()}; parameters {parts}; {model.num_image_tokens} image tokens per image")
-        datamodule = build_datamodule(cfg, model, {}, 1)
+        datamodule = VLMDataModule.from_config(cfg.data, model, cfg.seed)
         datamodule.prepare_data()  # write the synthetic data once
         _, build = run(cfg, cached=True, steps=1)  # builds the cache (timed), then it is reused
         print(f"cache build (encoder over every training image, once): {build:.1f} s")

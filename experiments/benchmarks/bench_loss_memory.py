@@ -31,7 +31,7 @@ def worker(variant: str, rows: int, length: int, threads: int) -> None:
     model = vlmlab_model(VISION, TEXT, tok).to(DEVICE)
     module = training_module(model, **VARIANTS[variant])
     b = place(batch(tok, model.num_image_tokens, rows, length, VOCAB), VISION["image_size"])
-    step = step_fn(lambda: module._loss(b), [p for p in module.parameters() if p.requires_grad])
+    step = step_fn(lambda: module.batch_loss(b), [p for p in module.parameters() if p.requires_grad])
     first_loss = step()  # creates AdamW's state, so the measured step allocates only what a step needs
     peak_mib, _ = peak_during(step)
     answers = int((b["labels"][:, 1:] != -100).sum())

@@ -73,11 +73,11 @@ def measure(size: str, repeats: int, warmup: int) -> None:
 
     steps = {
         "transformers": step_fn(hf_loss, list(llava.parameters())),
-        "vlmlab loss=full": step_fn(lambda: full._loss(b), list(full.parameters())),
-        "vlmlab loss=chunked": step_fn(lambda: chunked._loss(b), list(chunked.parameters())),
+        "vlmlab loss=full": step_fn(lambda: full.batch_loss(b), list(full.parameters())),
+        "vlmlab loss=chunked": step_fn(lambda: chunked.batch_loss(b), list(chunked.parameters())),
     }
     with torch.no_grad():  # same weights, same batch: the same loss
-        losses = [float(hf_loss()), float(full._loss(b)), float(chunked._loss(b))]
+        losses = [float(hf_loss()), float(full.batch_loss(b)), float(chunked.batch_loss(b))]
     times = interleaved(steps, repeats, warmup)
     params = sum(p.numel() for p in llava.parameters()) / 1e6
     answers = int((b["labels"][:, 1:] != -100).sum())

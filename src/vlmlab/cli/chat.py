@@ -17,7 +17,8 @@ from vlmlab.cli.common import load_from_command_line
 from vlmlab.cli.generate import generation_options
 from vlmlab.config import config_dir
 from vlmlab.data.chat_format import SampleError
-from vlmlab.inference.answer import Assistant, GenerationOptions, ImageLoadError
+from vlmlab.data.image_processing import ImageLoadError
+from vlmlab.inference.answer import Assistant, GenerationOptions
 
 HELP = "commands: /image PATH (attach to your next message), /reset (start over), /quit"
 

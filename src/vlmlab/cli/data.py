@@ -51,14 +51,14 @@ def compose_train_config(overrides: list[str]) -> DictConfig:
 def check(overrides: list[str], splits: list[str] | None, limit: int | None) -> int:
     from vlmlab.data.chat_format import SampleError
     from vlmlab.data.check import check_datamodule, print_report
+    from vlmlab.data.datamodule import VLMDataModule
     from vlmlab.models.builder import build_vlm
-    from vlmlab.training.curriculum import build_datamodule
 
     # The report lists the problems: the per-record warnings that training logs would only repeat them.
     logging.getLogger("vlmlab.data.conversation_dataset").setLevel(logging.ERROR)
     cfg = compose_train_config(["data.on_bad_record=raise", *overrides])
     validate_config(cfg)
-    datamodule = build_datamodule(cfg, build_vlm(cfg.model), mixture={}, micro_batch_size=1)
+    datamodule = VLMDataModule.from_config(cfg.data, build_vlm(cfg.model), cfg.seed)
     datamodule.prepare_data()
     try:
         reports = check_datamodule(datamodule, splits or ("train", "val", "test"), limit)

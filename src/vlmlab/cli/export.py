@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from vlmlab.cli.common import load_from_command_line
 from vlmlab.config import config_dir
 from vlmlab.inference.loading import save_model_folder
-from vlmlab.models.hf_llava import check_fits_llava, export_hf_llava
+from vlmlab.interop.hf_llava import check_fits_llava, export_hf_llava
 
 FORMATS = ("hf_llava", "vlmlab")
 

@@ -16,7 +16,8 @@ from rich.progress import Progress
 
 from vlmlab.cli.common import load_from_command_line
 from vlmlab.config import config_dir
-from vlmlab.inference.answer import Assistant, GenerationOptions, ImageLoadError
+from vlmlab.data.image_processing import ImageLoadError
+from vlmlab.inference.answer import Assistant, GenerationOptions
 
 SHOWN_ERRORS = 5
 
@@ -95,7 +96,7 @@ def generate(cfg: DictConfig) -> list[str] | None:
     else:
         missing = [p for p in image_list(cfg.image) if not (Path(cfg.image_root or ".") / p).is_file()]
         if missing:
-            raise ImageLoadError(f"image {Path(cfg.image_root or '.') / missing[0]} does not exist")
+            raise ImageLoadError("missing_image", f"image {Path(cfg.image_root or '.') / missing[0]} does not exist")
     torch.manual_seed(cfg.seed)
     loaded = load_from_command_line(cfg)
     assistant = Assistant(loaded.model, loaded.image_resize, cfg.system)

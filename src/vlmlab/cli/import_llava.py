@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.config import config_dir
 from vlmlab.inference.loading import LoadedModel, save_model_folder
-from vlmlab.models.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
+from vlmlab.interop.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
 
 
 def write_presets(model_config: dict, conf: Path, name: str) -> list[Path]:
@@ -32,7 +32,7 @@ def import_llava(cfg: DictConfig) -> Path:
     if output.exists() and any(output.iterdir()) and not cfg.overwrite:
         raise ValueError(f"output={output} exists and is not empty; choose another folder or set overwrite=true")
     model, model_config, mode = vlm_from_hf_llava(source, cfg.chat_template)
-    save_model_folder(LoadedModel(model, model_config, mode, str(source)), output)
+    save_model_folder(LoadedModel(model, model_config, mode, str(source), Path(source)), output)
     saved = OmegaConf.load(output / "model.yaml").model  # its llm.tokenizer is the saved tokenizer
     write_presets(OmegaConf.to_container(saved), output / "conf", cfg.name)
     conf = (output / "conf").resolve()

@@ -8,7 +8,8 @@ import hydra
 from omegaconf import DictConfig
 
 from vlmlab.config import config_dir, validate_config
-from vlmlab.training.curriculum import run_curriculum, stage_specs
+from vlmlab.training.curriculum import run_curriculum
+from vlmlab.training.stage import stage_specs
 
 log = logging.getLogger(__name__)
 

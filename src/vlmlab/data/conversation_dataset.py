@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
-from vlmlab.data.image_processing import ImageProcessor
+from vlmlab.data.image_processing import ImageProcessor, read_image
 
 if TYPE_CHECKING:
     from vlmlab.data.feature_cache import FeatureStore
@@ -22,6 +19,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BadRecordPolicy = Literal["raise", "skip"]
+MISSING_IMAGE_HINT = "check the split's image folder (`images`) and the file"
+BAD_IMAGE_HINT = "replace or remove the file"
 
 
 def record_images(record: dict[str, Any]) -> list[Any]:
@@ -68,20 +67,25 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load_image(self, image: str | dict[str, Any]) -> torch.Tensor:
+    def with_features(self, features: FeatureStore) -> ConversationDataset:
+        """This dataset reading `features` instead of its images."""
+        return ConversationDataset(
+            self.records,
+            self.formatter,
+            self.image_processor,
+            self.task,
+            self.source,
+            self.prompt_only,
+            self.blank_images,
+            self.on_bad_record,
+            features,
+        )
+
+    def load_image(self, image: str | dict[str, Any]) -> torch.Tensor:
+        """One of a record's images as pixel values [3, H, W] (blank for the blind baseline)."""
         if self.blank_images:
             return self.image_processor.blank()
-        stored = isinstance(image, dict)  # an HF `datasets` image: {"bytes", "path"}
-        where = f"the image stored for {image.get('path') or 'this row'}" if stored else f"image {image}"
-        if not stored and not Path(image).is_file():
-            raise SampleError(
-                "missing_image", f"{where} does not exist; check the split's image folder (`images`) and the file"
-            )
-        try:
-            with Image.open(io.BytesIO(image["bytes"]) if stored else image) as opened:
-                return self.image_processor(opened)
-        except (OSError, ValueError, TypeError) as err:
-            raise SampleError("bad_image", f"{where} cannot be read ({err}); replace or remove the file") from err
+        return self.image_processor(read_image(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT))
 
     def encode(self, record: dict[str, Any], index: int | None = None) -> dict[str, Any]:
         if not isinstance(record, dict):
@@ -112,7 +116,7 @@ class ConversationDataset(Dataset):
             sample["pixel_values"] = None
             sample["image_features"] = self.features.get(index)  # (k, N, d) or None
         else:
-            pixels = [self._load_image(p) for p in paths]
+            pixels = [self.load_image(p) for p in paths]
             sample["pixel_values"] = torch.stack(pixels) if pixels else None
         sample.update(id=record.get("id"), task=self.task, source=self.source)
         return sample

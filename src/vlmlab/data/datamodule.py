@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import lightning as L
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from vlmlab.data.chat_format import ChatFormatter
@@ -23,6 +24,7 @@ from vlmlab.data.packing import collate_packed
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.models.encoders.base import VisionEncoder
+from vlmlab.models.vlm import VisionLanguageModel
 
 
 class ResumableDataLoader(DataLoader):
@@ -106,6 +108,46 @@ class VLMDataModule(L.LightningDataModule):
         self.encoder = encoder
         self._records: dict[tuple[str, str], Sequence[Record]] = {}
 
+    @classmethod
+    def from_config(
+        cls,
+        data_cfg: DictConfig,
+        model: VisionLanguageModel,
+        seed: int,
+        mixture: dict[str, float] | None = None,
+        micro_batch_size: int = 1,
+        batch_size: int | None = None,
+        encoder_frozen: bool = False,
+    ) -> VLMDataModule:
+        """The data module a `data` config describes, for `model` (its tokenizer, image tokens and image
+        preprocessing); `mixture` and the batch sizes are a stage's (none for evaluation), and
+        `encoder_frozen` lets it use `data.feature_cache` (when enabled)."""
+        feature_cache = data_cfg.get("feature_cache")
+        synthetic = data_cfg.get("synthetic")
+        formatter = ChatFormatter(
+            model.llm.tokenizer, model.llm.image_token, model.num_image_tokens, max_length=data_cfg.max_length
+        )
+        return cls(
+            sources=OmegaConf.to_container(data_cfg.sources, resolve=True),
+            mixture=mixture or {},
+            formatter=formatter,
+            image_processor=ImageProcessor(model.encoder.preprocessing, data_cfg.image_resize),
+            micro_batch_size=micro_batch_size,
+            batch_size=batch_size,
+            eval_batch_size=data_cfg.eval_batch_size,
+            num_workers=data_cfg.num_workers,
+            seed=seed,
+            root=data_cfg.get("root"),
+            synthetic=None if synthetic is None else OmegaConf.to_container(synthetic, resolve=True),
+            on_bad_record=data_cfg.on_bad_record,
+            group_by_length=data_cfg.group_by_length,
+            length_group_batches=data_cfg.length_group_batches,
+            packing=data_cfg.get("packing", False),
+            pack_length=data_cfg.get("pack_length"),
+            feature_cache=None if feature_cache is None else OmegaConf.to_container(feature_cache, resolve=True),
+            encoder=model.encoder if encoder_frozen else None,
+        )
+
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             if self.root is None:
@@ -134,7 +176,7 @@ class VLMDataModule(L.LightningDataModule):
         )
         if cached:
             trainer = self.trainer
-            dataset.features = feature_store(
+            features = feature_store(
                 self.feature_cache["dir"],
                 source,
                 split,
@@ -144,6 +186,7 @@ class VLMDataModule(L.LightningDataModule):
                 is_main=trainer is None or trainer.global_rank == 0,
                 barrier=trainer.strategy.barrier if trainer else lambda: None,
             )
+            dataset = dataset.with_features(features)
         return dataset
 
     def _loader(

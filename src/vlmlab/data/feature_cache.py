@@ -67,7 +67,7 @@ class _RecordImages(Dataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, tuple[str, str] | None]:
         record = self.dataset.records[index]
         try:
-            pixels = [self.dataset._load_image(p) for p in record_images(record)] if isinstance(record, dict) else []
+            pixels = [self.dataset.load_image(p) for p in record_images(record)] if isinstance(record, dict) else []
         except SampleError as err:
             return index, None, (err.reason, str(err))
         return index, torch.stack(pixels) if pixels else None, None

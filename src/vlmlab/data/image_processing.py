@@ -1,16 +1,40 @@
-"""Turns PIL images into the pixel tensors an encoder expects (size and normalisation from the encoder)."""
+"""Reading images (`read_image`, the one place an image file is opened) and turning them into the pixel
+tensors an encoder expects (size and normalisation from the encoder)."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+import io
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from vlmlab.data.chat_format import SampleError
 from vlmlab.models.encoders.base import ImagePreprocessing
 
 ResizeMode = Literal["resize", "letterbox", "resize_crop"]
+
+
+class ImageLoadError(SampleError):
+    """An image that does not exist (`reason` missing_image) or cannot be decoded (bad_image)."""
+
+
+def read_image(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> Image.Image:
+    """The RGB image at a path, or stored in a Hugging Face `datasets` image dict ({"bytes", "path"}); an
+    `ImageLoadError` naming it (and ending with the hint, if given) otherwise."""
+    stored = isinstance(image, dict)
+    where = f"the image stored for {image.get('path') or 'this row'}" if stored else f"image {image}"
+    if not stored and not Path(image).is_file():
+        hint = f"; {missing_hint}" if missing_hint else ""
+        raise ImageLoadError("missing_image", f"{where} does not exist{hint}")
+    try:
+        with Image.open(io.BytesIO(image["bytes"]) if stored else image) as opened:
+            return opened.convert("RGB")
+    except (OSError, ValueError, TypeError) as err:
+        hint = f"; {bad_hint}" if bad_hint else ""
+        raise ImageLoadError("bad_image", f"{where} cannot be read ({err}){hint}") from err
 
 
 class ImageProcessor:

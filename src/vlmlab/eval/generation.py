@@ -23,20 +23,13 @@ def generate_answers(
 ) -> list[dict[str, Any]]:
     """One dict per sample: id, task, dataset index, prediction and references (batched, KV cache)."""
     tokenizer = model.llm.tokenizer
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     rows = []
     for batch in track(loader, description=description, transient=True, disable=not progress):
         if "input_ids" not in batch:  # every record of the batch was skipped (and logged)
             continue
-        pixel_values = batch["pixel_values"]
-        new_tokens = model.generate(
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            None if pixel_values is None else pixel_values.to(device, next(model.encoder.parameters()).dtype),
-            max_new_tokens=max_new_tokens,
-        )
+        new_tokens = model.generate_from_batch(batch, max_new_tokens=max_new_tokens)
         predictions = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         for sample_id, task, index, prediction, answers in zip(
             batch["ids"], batch["tasks"], batch["indices"], predictions, batch["answers"]

@@ -9,17 +9,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from PIL import Image
 from transformers import TextStreamer
 
 from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import collate
-from vlmlab.data.image_processing import ImageProcessor, ResizeMode
+from vlmlab.data.image_processing import ImageProcessor, ResizeMode, read_image
 from vlmlab.models.vlm import VisionLanguageModel
-
-
-class ImageLoadError(ValueError):
-    """An image that does not exist or cannot be decoded."""
 
 
 @dataclass(frozen=True)
@@ -58,20 +53,9 @@ class Assistant:
         self.images = ImageProcessor(model.encoder.preprocessing, image_resize)
         self.system = system
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
     def load_image(self, path: str | Path) -> torch.Tensor:
         """Pixel values [3, H, W] of the image at `path`; an `ImageLoadError` naming it otherwise."""
-        path = Path(path)
-        if not path.is_file():
-            raise ImageLoadError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as opened:
-                return self.images(opened)
-        except (OSError, ValueError) as err:
-            raise ImageLoadError(f"image {path} cannot be read as an image ({err})") from err
+        return self.images(read_image(Path(path)))
 
     def user_message(self, prompt: str, num_images: int) -> dict[str, str]:
         """The user turn: `prompt` with one `<image>` per image, in front of the text when it names none
@@ -99,16 +83,7 @@ class Assistant:
 
     def _generate(self, samples: Sequence[dict[str, Any]], options: GenerationOptions, **kwargs: Any) -> torch.Tensor:
         batch = collate(samples, self.tokenizer.pad_token_id, padding_side="left")
-        pixel_values = batch["pixel_values"]
-        if pixel_values is not None:
-            pixel_values = pixel_values.to(self.device, next(self.model.encoder.parameters()).dtype)
-        return self.model.generate(
-            batch["input_ids"].to(self.device),
-            batch["attention_mask"].to(self.device),
-            pixel_values,
-            **options.generate_kwargs(self.tokenizer),
-            **kwargs,
-        )
+        return self.model.generate_from_batch(batch, **options.generate_kwargs(self.tokenizer), **kwargs)
 
     def answer(self, samples: Sequence[dict[str, Any]], options: GenerationOptions) -> list[str]:
         """One answer per sample (a left-padded batch)."""

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any, get_args
 
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import save_model
 
 from vlmlab.data.image_processing import ResizeMode
-from vlmlab.eval.checkpoint import WEIGHTS_FILE, load_weights, saved_tokenizer, weights_path
+from vlmlab.interop.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
 from vlmlab.models.builder import build_vlm
-from vlmlab.models.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.models.weights import WEIGHTS_FILE, load_weights, save_weights, saved_tokenizer, weights_path
 
 MODEL_CONFIG_FILE = "model.yaml"  # a vlmlab model folder's description: {model: ..., image_resize: ...}
 MODEL_SOURCES = ("auto", "groups")  # auto: the config saved with the checkpoint; groups: the command line's
@@ -30,6 +29,7 @@ class LoadedModel:
     model_config: dict[str, Any]  # builds the same architecture (with llm.tokenizer pointing at the saved one)
     image_resize: ResizeMode  # how training resized images
     source: str  # where the model config came from, for messages
+    path: Path  # the weights file (or Hugging Face folder) loaded
 
 
 def run_config_file(weights: Path) -> Path | None:
@@ -73,7 +73,7 @@ def load_model(
     path = Path(checkpoint)
     if is_hf_llava_folder(path):
         model, config, mode = vlm_from_hf_llava(path)
-        return LoadedModel(model, config, image_resize or mode, f"{path / 'config.json'} (Hugging Face LLaVA)")
+        return LoadedModel(model, config, image_resize or mode, f"{path / 'config.json'} (Hugging Face LLaVA)", path)
     weights = weights_path(path)
     described = saved_description(weights) if model_source == "auto" else None
     if described is not None and model_choices_given:
@@ -94,7 +94,7 @@ def load_model(
     except ValueError as err:
         raise ValueError(f"{err} (The model config came from {source}.)") from err
     mode = image_resize or (described[1] if described else None) or "resize"
-    return LoadedModel(model.eval(), OmegaConf.to_container(cfg), mode, source)
+    return LoadedModel(model.eval(), OmegaConf.to_container(cfg), mode, source, weights)
 
 
 def save_model_folder(loaded: LoadedModel, folder: str | Path) -> Path:
@@ -102,7 +102,7 @@ def save_model_folder(loaded: LoadedModel, folder: str | Path) -> Path:
     `vlmlab-generate checkpoint=` loads it and `vlmlab-train init_from=` starts from it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(loaded.model, str(folder / WEIGHTS_FILE))
+    save_weights(loaded.model, folder / WEIGHTS_FILE)
     loaded.model.llm.tokenizer.save_pretrained(str(folder / "tokenizer"))
     config = dict(loaded.model_config, llm=dict(loaded.model_config["llm"]))
     if "tokenizer" in config["llm"]:

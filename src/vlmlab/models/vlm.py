@@ -147,3 +147,14 @@ class VisionLanguageModel(nn.Module):
             use_cache=True,
             **generate_kwargs,
         )
+
+    def generate_from_batch(self, batch: dict[str, Any], **generate_kwargs: Any) -> torch.Tensor:
+        """`generate` on a collated, left-padded prompt batch, moved to the model's device (images in the
+        encoder's dtype): the one path from a batch to new token ids."""
+        device = next(self.parameters()).device
+        pixel_values = batch["pixel_values"]
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(device, next(self.encoder.parameters()).dtype)
+        return self.generate(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), pixel_values, **generate_kwargs
+        )

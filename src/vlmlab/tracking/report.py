@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -95,19 +96,27 @@ def _fact(key: str, value: float | None) -> str:
 
 
 def plot(rows: list[ReportRow], path: Path) -> None:
-    """Grouped bars: one group per task metric, one bar per run."""
+    """One panel per task metric, each with its own y axis (CIDEr-D near 10 must not flatten accuracies near
+    1), one bar per run; a shared legend."""
     keys = sorted({k for r in rows for k in r.scores})
-    figure = Figure(figsize=(min(16.0, max(6.0, 0.25 * len(keys) * len(rows))), 4.5))  # no pyplot: no global state
-    axes = figure.subplots()
-    width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        positions = [j + i * width for j in range(len(keys))]
-        axes.bar(positions, [row.scores.get(k, 0.0) for k in keys], width, label=row.label)
-    axes.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
-    axes.set_xticklabels([k.removeprefix("test/") for k in keys], rotation=30, ha="right")
-    axes.set_ylabel("test score")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
+    columns = min(4, max(1, len(keys)))
+    lines = -(-max(1, len(keys)) // columns)
+    panel_width = max(2.5, 0.35 * len(rows) + 1.0)
+    figure = Figure(figsize=(min(16.0, panel_width * columns), 2.8 * lines + 1.0))  # no pyplot: no global state
+    axes = figure.subplots(lines, columns, squeeze=False).flatten()
+    colours = [f"C{i % 10}" for i in range(len(rows))]
+    for panel, key in zip(axes, keys):
+        values = [row.scores.get(key, 0.0) for row in rows]
+        bars = panel.bar(range(len(rows)), values, color=colours)
+        panel.set_title(key.removeprefix("test/"), fontsize="medium")
+        panel.set_xticks([])
+        panel.bar_label(bars, fmt="%.2f", fontsize="x-small")
+        panel.margins(y=0.15)
+    for panel in axes[len(keys) :]:
+        panel.set_visible(False)
+    handles = [Patch(color=colour, label=row.label) for colour, row in zip(colours, rows)]
+    figure.legend(handles=handles, loc="lower center", ncol=min(4, max(1, len(rows))), fontsize="small")
+    figure.tight_layout(rect=(0, 0.12 if rows else 0, 1, 1))
     figure.savefig(path, dpi=120)
 
 

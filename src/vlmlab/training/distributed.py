@@ -1,5 +1,4 @@
-"""Strategies (single device, DDP, FSDP, FSDP2) built from `conf/strategy/`, the process's rank, and
-gathering a sharded model's full weights.
+"""Strategies (single device, DDP, FSDP, FSDP2) built from `conf/strategy/`, and the process's rank.
 
 FSDP (Lightning's `FSDPStrategy`, GPU only) wraps the LLM decoder layers, the vision blocks and the
 connector as units; FSDP2 (`ModelParallelStrategy`) applies `fully_shard` to the same units in
@@ -11,11 +10,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy, Strategy
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vlmlab.models.vlm import VisionLanguageModel
 
@@ -80,12 +77,3 @@ def fully_shard_units(model: VisionLanguageModel, mesh: Any) -> None:
     for module in [m for m in model.modules() if type(m) in units]:
         fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
-
-
-def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """`module`'s complete weights on the CPU, gathered from every process when it is sharded (FSDP,
-    FSDP2): a collective, so every rank calls it; rank 0 receives the tensors, the others an empty dict."""
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(module, options=options)

@@ -142,7 +142,8 @@ class VLMTrainingModule(L.LightningModule):
             self.step_logged = (self.global_step, {})
         self.step_logged[1][name] = value.detach() if isinstance(value, torch.Tensor) else value
 
-    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The mean answer-token loss of a collated batch, computed as the stage says (`loss: chunked | full`)."""
         return self.model.batch_loss(batch, self.stage.loss_chunk_size if self.stage.loss == "chunked" else None)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -150,7 +151,7 @@ class VLMTrainingModule(L.LightningModule):
         if "input_ids" not in batch:  # every record of this batch was skipped
             return self._zero_loss()
         self._batch_flops = self.flops(batch)
-        loss = self._loss(batch)
+        loss = self.batch_loss(batch)
         if not torch.isfinite(loss):
             if self.nan_policy == "skip":
                 self.nan_steps += 1
@@ -192,7 +193,9 @@ class VLMTrainingModule(L.LightningModule):
             self.log(f"val/skipped/{reason}", float(count), reduce_fx="sum", on_epoch=True, batch_size=1)
         if "input_ids" not in batch:
             return
-        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        self.log(
+            "val/loss", self.batch_loss(batch), prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = []

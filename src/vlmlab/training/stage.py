@@ -1,4 +1,5 @@
-"""`StageSpec`: one curriculum stage, read and checked from its config before anything is built."""
+"""`StageSpec`: one curriculum stage, read and checked from its config before anything is built; the
+curriculum's list of stages."""
 
 from __future__ import annotations
 
@@ -102,3 +103,17 @@ class StageSpec:
                 f"micro_batch_size={self.micro_batch_size} x {world_size} processes"
             )
         return self.batch_size // per_step
+
+
+def stage_specs(cfg: DictConfig) -> list[StageSpec]:
+    """Every stage of `cfg.curriculum.stages`, in order, checked against the data config's mixtures."""
+    mixtures = OmegaConf.to_container(cfg.data.get("mixtures") or {}, resolve=True)
+    stages = cfg.curriculum.stages
+    if not stages:
+        raise ValueError("curriculum.stages is empty: choose a curriculum (e.g. curriculum=llava) or add a stage")
+    return [StageSpec.from_config(name, stage, mixtures) for name, stage in stages.items()]
+
+
+def mixture_weights(cfg: DictConfig, stage: StageSpec) -> dict[str, float]:
+    """The stage's data mixture: source -> weight."""
+    return OmegaConf.to_container(cfg.data.mixtures[stage.mixture], resolve=True)

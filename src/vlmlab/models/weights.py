@@ -1,4 +1,5 @@
-"""Loading saved weights into a model built from config, with an error that says what does not match.
+"""Weights I/O: saving a model's weights, loading saved weights into a model built from config (with an
+error that says what does not match), and gathering a sharded model's full weights.
 
 A checkpoint is a stage's `model.safetensors` (or the stage folder holding it), or a Lightning
 checkpoint: a `.ckpt` file, or the folder a sharded strategy (FSDP, FSDP2) writes, which is gathered
@@ -7,13 +8,15 @@ into one state dict here, in a single process.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
+from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 WEIGHTS_FILE = "model.safetensors"
 SHOWN = 5  # mismatching names listed in the error
@@ -91,3 +94,23 @@ def load_weights(model: nn.Module, checkpoint: str | Path) -> Path:
             f"checkpoint {path} does not fit the model built from this config ({'; '.join(problems)}). {fix}"
         )
     return path
+
+
+def save_weights(model: nn.Module, path: str | Path) -> Path:
+    """`model`'s weights as one safetensors file (tied weights stored once), readable like any file the user
+    writes (safetensors creates it owner-only)."""
+    path = Path(path)
+    save_model(model, str(path))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+    return path
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module`'s complete weights on the CPU, gathered from every process when it is sharded (FSDP,
+    FSDP2): a collective, so every rank calls it; rank 0 receives the tensors, the others an empty dict."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=options)

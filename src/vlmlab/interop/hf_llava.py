@@ -26,10 +26,10 @@ from transformers import (
 from transformers.image_utils import PILImageResampling
 
 from vlmlab.data.image_processing import ResizeMode
+from vlmlab.interop.llava_weights import llava_to_vlmlab, vlmlab_to_llava
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.connectors.mlp import MLPConnector
 from vlmlab.models.encoders.hf_encoder import HFVisionEncoder
-from vlmlab.models.llava_weights import llava_to_vlmlab, vlmlab_to_llava
 from vlmlab.models.vlm import VisionLanguageModel
 
 VISION_MODEL_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import lightning as L
 import mlflow
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 
 from vlmlab.data.chat_format import to_messages
 from vlmlab.data.conversation_dataset import record_images
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.image_processing import ImageLoadError, read_image
 from vlmlab.eval.generation import generate_answers
 from vlmlab.eval.metrics import build_metrics, metric_values, per_sample_values
 from vlmlab.training.distributed import is_sharded
@@ -30,12 +29,11 @@ def question_of(record: dict[str, Any]) -> str:
 def thumbnail(image: str | dict[str, Any]) -> mlflow.Image | None:
     """A small copy of a record's image for the MLflow table (None when it cannot be read)."""
     try:
-        with Image.open(io.BytesIO(image["bytes"]) if isinstance(image, dict) else image) as opened:
-            small = opened.convert("RGB")
-            small.thumbnail((THUMBNAIL, THUMBNAIL))
-            return mlflow.Image(small)
-    except (OSError, ValueError, TypeError):
+        small = read_image(image)
+    except ImageLoadError:
         return None
+    small.thumbnail((THUMBNAIL, THUMBNAIL))
+    return mlflow.Image(small)
 
 
 class GenerationValidation(L.Callback):

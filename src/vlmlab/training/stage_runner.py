@@ -1,0 +1,150 @@
+"""Running one curriculum stage: its data module, trainer and MLflow run, `Trainer.fit` (continued from
+the stage's `last.ckpt` when resuming), and the hand-off: the stage's weights written and recorded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.models.builder import build_vlm
+from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, load_weights, save_weights
+from vlmlab.training.distributed import build_strategy, is_sharded
+from vlmlab.training.module import VLMTrainingModule
+from vlmlab.training.run_record import STATE_FILE, write_state
+from vlmlab.training.stage import StageSpec, mixture_weights
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(
+    cfg: DictConfig, stage: StageSpec, stage_dir: Path, logger: Any, model: VisionLanguageModel
+) -> L.Trainer:
+    """The stage's Lightning Trainer: `cfg.trainer` with the stage's steps, precision, clipping, accumulation
+    (from its global batch) and validation interval (optimizer steps), the callbacks and the strategy."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if logger is None:  # LearningRateMonitor refuses to run without a logger; with `~logger` it has nothing to do
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    for callback in callbacks:
+        if isinstance(callback, L.pytorch.callbacks.ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = str(stage_dir / "checkpoints")
+    world_size = int(cfg.trainer.get("num_nodes", 1)) * (
+        cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    )
+    accumulation = stage.accumulation(world_size)
+    val_every = stage.val_check_interval  # optimizer steps of the stage; Lightning counts micro-batches per process
+    trainer = instantiate(
+        cfg.trainer,
+        max_steps=stage.max_steps,
+        max_epochs=stage.max_epochs if stage.max_steps <= 0 else -1,
+        precision=stage.precision,
+        gradient_clip_val=stage.gradient_clip_val,
+        accumulate_grad_batches=accumulation,
+        val_check_interval=val_every * accumulation if isinstance(val_every, int) else val_every,
+        check_val_every_n_epoch=None if isinstance(val_every, int) else 1,
+        default_root_dir=str(stage_dir),
+        strategy=build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True), model, world_size),
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+    )
+    if trainer.world_size != world_size:
+        raise ValueError(
+            f"trainer runs {trainer.world_size} processes but the batch size was split for {world_size}: set "
+            "trainer.devices to a number"
+        )
+    return trainer
+
+
+def save_stage_weights(
+    cfg: DictConfig, spec: StageSpec, trainer: L.Trainer, module: VLMTrainingModule, stage_dir: Path
+) -> VisionLanguageModel | None:
+    """Write the stage's `model.safetensors` (LoRA adapters saved and merged first).
+
+    Sharded weights (FSDP, FSDP2) are gathered to rank 0 and loaded into a plain model built there.
+    Every rank calls this; rank 0 writes and returns the plain trained model, the others return None.
+    """
+    sharded = is_sharded(trainer.strategy)
+    full = full_state_dict(trainer.strategy.model) if sharded else {}
+    model = module.model
+    if trainer.global_rank == 0:
+        if sharded:
+            model = build_vlm(cfg.model)
+            module = VLMTrainingModule(model, spec)  # the same adapters, into which the gathered weights load
+            module.load_state_dict(full)
+        module.save_and_merge_adapters(stage_dir / "adapters")
+        save_weights(model, stage_dir / WEIGHTS_FILE)
+    trainer.strategy.barrier("stage weights saved")
+    return model if trainer.global_rank == 0 else None
+
+
+@dataclass
+class StageResult:
+    model: VisionLanguageModel  # the trained model, to start the next stage from (plain, not sharded)
+    weights: str  # the stage's saved weights file, recorded as the next stage's init_from
+    datamodule: VLMDataModule
+    metrics: dict[str, float]  # the trainer's final callback metrics, named `<stage>/<metric>`
+
+
+def run_stage(
+    cfg: DictConfig,
+    spec: StageSpec,
+    seed: int,
+    model: VisionLanguageModel,
+    init_from: str | None,
+    state: dict[str, Any],
+    run_dir: Path,
+    tracker: Any,
+    main: bool,
+) -> StageResult:
+    """Train stage `spec` of the curriculum from `model` (loaded from `init_from`), continuing its `last.ckpt`
+    when the record says the stage was running, and record it as done with its saved weights."""
+    record = state["stages"].setdefault(spec.name, {})
+    stage_dir = run_dir / "stages" / spec.name
+    datamodule = VLMDataModule.from_config(
+        cfg.data,
+        model,
+        cfg.seed,
+        mixture_weights(cfg, spec),
+        spec.micro_batch_size,
+        spec.batch_size,
+        encoder_frozen=spec.train["encoder"] == "frozen",
+    )
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if record.get("status") == "running" and last.exists() else None
+    resuming = f", resuming {last}" if resume_from else ""
+    log.info("stage '%s': train %s on %s%s", spec.name, spec.train, datamodule.mixture, resuming)
+    logger = None
+    if tracker is not None:
+        logger = tracker.stage_logger(spec.name, init_from, run_id=record.get("run_id"))
+        if "run_id" not in record:
+            tracker.log_config(logger.run_id, cfg)
+        record["run_id"] = logger.run_id
+    record.update(status="running", init_from=init_from or "config")
+    if main:
+        write_state(run_dir / STATE_FILE, state)
+        model.llm.tokenizer.save_pretrained(str(stage_dir / "tokenizer"))  # for its checkpoints too
+    trainer = build_trainer(cfg, spec, stage_dir, logger, model)
+    # Each stage draws from its own seed (new LoRA adapters, dropout), whatever ran before it: the same in a
+    # resumed run, on every process, and under every strategy.
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = VLMTrainingModule(model, spec, nan_policy=cfg.nan_policy)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    metrics = {f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()}
+    trained = save_stage_weights(cfg, spec, trainer, module, stage_dir)
+    weights = str(stage_dir / WEIGHTS_FILE)
+    record.update(status="done", weights=weights, global_step=trainer.global_step)
+    if main:
+        write_state(run_dir / STATE_FILE, state)
+    if is_sharded(trainer.strategy):  # the trained model is sharded: continue from the saved file
+        trained = trained if main else build_vlm(cfg.model)
+        if not main:
+            load_weights(trained, weights)
+        model = trained
+    return StageResult(model, weights, datamodule, metrics)

@@ -1,0 +1,73 @@
+"""The package's layers import only downward (shared/DESIGN.md): a module of one layer never imports a module
+of a layer above it, and no package imports another that imports it back."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmlab"
+# Lowest first. A package may import its own modules and any lower layer's (not those of its own layer).
+LAYERS = [
+    {"tracking"},
+    {"models"},
+    {"data"},
+    {"eval"},
+    {"interop"},
+    {"training", "inference"},
+    {"config"},
+    {"cli"},
+]
+LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
+
+
+def package_of(module: str) -> str | None:
+    """`vlmlab.data.formats` -> `data`; a top-level module (`vlmlab.config`) is its own package."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "vlmlab" and len(parts) > 1 else None
+
+
+def imports() -> dict[str, set[tuple[str, str]]]:
+    """Package -> {(importing file, imported vlmlab package)}, counting imports inside functions too."""
+    found: dict[str, set[tuple[str, str]]] = defaultdict(set)
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        own = relative.parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            for name in names:
+                target = package_of(name)
+                if target is not None and target != own:
+                    found[own].add((str(relative), target))
+    return found
+
+
+def test_every_package_has_a_layer() -> None:
+    packages = {p.name.removesuffix(".py") for p in PACKAGE.iterdir() if p.suffix == ".py" or p.is_dir()}
+    packages -= {"__init__", "__pycache__", "conf"}
+    assert packages == set(LEVEL), "add the new package to LAYERS (and to shared/DESIGN.md's picture)"
+
+
+def test_imports_only_go_down() -> None:
+    upward = [
+        f"{file} imports vlmlab.{target} ({own}: layer {LEVEL[own]}, {target}: layer {LEVEL[target]})"
+        for own, edges in imports().items()
+        for file, target in sorted(edges)
+        if LEVEL[target] >= LEVEL[own]
+    ]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_package_cycles() -> None:
+    graph = {own: {target for _, target in edges} for own, edges in imports().items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    cycles = sorted(p for p in graph if reaches(p, p, set()))
+    assert not cycles, f"packages on an import cycle: {cycles}"
