@@ -44,7 +44,7 @@ def test_chunked_loss_counts_lm_head_at_answer_positions_only(tokenizer) -> None
     for loss in ("full", "chunked"):
         module = VLMTrainingModule(tiny_vlm(tokenizer), StageSpec(name="s", mixture="m", train=train, lr=lr, loss=loss))
         batch = batch_for(module.model)
-        estimates[loss] = module.flops(batch)
+        estimates[loss] = module.objective.flops(batch)
     tokens, answers = int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())
     lm_head = module.model.llm.model.get_output_embeddings().weight.numel()
     assert estimates["full"] - estimates["chunked"] == 3 * 2 * lm_head * (tokens - answers)

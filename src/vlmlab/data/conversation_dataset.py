@@ -164,6 +164,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: 
         "ids": [s["id"] for s in samples],
         "indices": [s.get("index") for s in samples],  # position in the dataset, where known
         "tasks": [s["task"] for s in samples],
+        "sources": [s.get("source", s["task"]) for s in samples],
         "skipped": skipped,
     }
     if "labels" in samples[0]:

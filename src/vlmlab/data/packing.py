@@ -92,6 +92,7 @@ def collate_packed(samples: Sequence[dict[str, Any]], pad_token_id: int, pack_le
         "ids": [samples[i]["id"] for i in order],
         "indices": [samples[i].get("index") for i in order],
         "tasks": [samples[i]["task"] for i in order],
+        "sources": [samples[i].get("source", samples[i]["task"]) for i in order],
         "skipped": skipped,
     }
     for key in IMAGE_KEYS:

@@ -57,6 +57,7 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
     tracker = start_tracking(cfg, model, state, run_dir) if main and cfg.get("logger") else None
     metrics: dict[str, float] = {}
     datamodule = None
+    answers = True  # whether the last stage trained the LLM to answer
     try:
         for spec in specs:
             if state["stages"].get(spec.name, {}).get("status") == "done":
@@ -64,10 +65,12 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
                 continue
             seed = cfg.seed + [s.name for s in all_specs].index(spec.name)
             stage = run_stage(cfg, spec, seed, model, init_from, state, run_dir, tracker, main)
-            model, init_from, datamodule = stage.model, stage.weights, stage.datamodule
+            model, init_from, datamodule, answers = stage.model, stage.weights, stage.datamodule, stage.answers
             metrics.update(stage.metrics)
-        if main and cfg.eval.enabled:
+        if main and cfg.eval.enabled and answers:
             metrics.update(evaluate_test_splits(cfg, model, datamodule, run_dir, tracker))
+        elif main and cfg.eval.enabled:
+            log.info("the last stage did not train the LLM to answer: no test scores (its validation metrics hold it)")
     except BaseException as err:  # Ctrl-C reaches here as SystemExit from Lightning: resumable, marked KILLED
         if tracker is not None:
             tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED")

@@ -70,10 +70,12 @@ def is_sharded(strategy: Strategy) -> bool:
 
 
 def fully_shard_units(model: VisionLanguageModel, mesh: Any) -> None:
-    """FSDP2: shard each unit (`shard_units`) and then the rest of the model over `mesh`."""
+    """FSDP2: shard each unit (`shard_units`), the encoder's remaining weights, then the rest of the model over
+    `mesh`."""
     from torch.distributed.fsdp import fully_shard
 
     units = shard_units(model)
     for module in [m for m in model.modules() if type(m) in units]:
         fully_shard(module, mesh=mesh)
+    fully_shard(model.encoder, mesh=mesh)  # a unit of its own: a contrastive objective calls it directly
     fully_shard(model, mesh=mesh)

@@ -14,8 +14,8 @@ from torch import nn
 
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.distributed import fully_shard_units, is_sharded
-from vlmlab.training.flops import FlopsEstimate
 from vlmlab.training.lora import add_lora, save_and_merge
+from vlmlab.training.objectives import LanguageModelling
 from vlmlab.training.stage import PARTS, StageSpec
 
 NanPolicy = Literal["raise", "skip"]
@@ -43,7 +43,15 @@ class VLMTrainingModule(L.LightningModule):
     curriculum loads from its record before resuming.
     """
 
-    def __init__(self, model: VisionLanguageModel, stage: StageSpec, nan_policy: NanPolicy = "raise") -> None:
+    def __init__(
+        self,
+        model: VisionLanguageModel,
+        stage: StageSpec,
+        nan_policy: NanPolicy = "raise",
+        objective: nn.Module | None = None,
+    ) -> None:
+        """`objective`: the stage's loss and validation (`vlmlab.training.objectives`); language modelling by
+        default. Its own parameters (a text tower, projection heads) train with `lr.text`."""
         super().__init__()
         if nan_policy not in get_args(NanPolicy):
             raise ValueError(f"nan_policy={nan_policy!r} is not one of {', '.join(get_args(NanPolicy))}")
@@ -70,7 +78,7 @@ class VLMTrainingModule(L.LightningModule):
             blocks = model.llm.decoder_layer_classes()
             for block in [m for m in model.llm.model.modules() if type(m) in blocks]:
                 block.compile()
-        self.flops = FlopsEstimate.of(model, stage)
+        self.objective = objective if objective is not None else LanguageModelling(model, stage)
         self._batch_flops = 0
 
     def train(self, mode: bool = True) -> VLMTrainingModule:
@@ -85,6 +93,10 @@ class VLMTrainingModule(L.LightningModule):
         """FSDP2 (ModelParallelStrategy sets `device_mesh`): shard the model's units over the processes."""
         if self.device_mesh is not None and not self.sharded:
             fully_shard_units(self.model, self.device_mesh["data_parallel"])
+            if any(True for _ in self.objective.parameters()):  # a text tower and heads: sharded as one unit
+                from torch.distributed.fsdp import fully_shard
+
+                fully_shard(self.objective, mesh=self.device_mesh["data_parallel"])
             self.sharded = True
 
     def save_and_merge_adapters(self, folder: Path) -> None:
@@ -143,14 +155,15 @@ class VLMTrainingModule(L.LightningModule):
         self.step_logged[1][name] = value.detach() if isinstance(value, torch.Tensor) else value
 
     def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The mean answer-token loss of a collated batch, computed as the stage says (`loss: chunked | full`)."""
-        return self.model.batch_loss(batch, self.stage.loss_chunk_size if self.stage.loss == "chunked" else None)
+        """The stage objective's loss of a collated batch (language modelling: the mean answer-token loss,
+        computed as the stage says, `loss: chunked | full`)."""
+        return self.objective.loss(self.model, batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._count_skipped(batch)
         if "input_ids" not in batch:  # every record of this batch was skipped
             return self._zero_loss()
-        self._batch_flops = self.flops(batch)
+        self._batch_flops = self.objective.batch_flops(batch)
         loss = self.batch_loss(batch)
         if not torch.isfinite(loss):
             if self.nan_policy == "skip":
@@ -182,6 +195,9 @@ class VLMTrainingModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.window_losses = []
 
+    def on_before_zero_grad(self, optimizer: torch.optim.Optimizer) -> None:
+        self.objective.after_optimizer_step()  # runs after each optimizer step (e.g. CLIP's temperature clamp)
+
     def _zero_loss(self) -> torch.Tensor:
         """A zero loss over the trainable weights: the step runs with zero gradients (AdamW's moments and
         weight decay still advance) instead of no step, so distributed processes stay in step (DDP's
@@ -193,9 +209,10 @@ class VLMTrainingModule(L.LightningModule):
             self.log(f"val/skipped/{reason}", float(count), reduce_fx="sum", on_epoch=True, batch_size=1)
         if "input_ids" not in batch:
             return
-        self.log(
-            "val/loss", self.batch_loss(batch), prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0]
-        )
+        self.objective.validation_step(self, self.model, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.objective.on_validation_epoch_end(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = []
@@ -208,6 +225,13 @@ class VLMTrainingModule(L.LightningModule):
             no_decay = [p for n, p in named if _no_decay(n, p)]
             groups.append({"params": decay, "lr": lr, "weight_decay": self.stage.weight_decay, "name": f"{part}"})
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{part}_no_decay"})
+        own = [(n, p) for n, p in self.objective.named_parameters() if p.requires_grad]
+        if own:  # the objective's text tower and heads
+            lr = self.stage.lr["text"]
+            decay = [p for n, p in own if not _no_decay(n, p)]
+            groups.append({"params": decay, "lr": lr, "weight_decay": self.stage.weight_decay, "name": "text"})
+            no_decay = [p for n, p in own if _no_decay(n, p)]
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "text_no_decay"})
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = max(1, int(self.stage.warmup_ratio * total))

@@ -14,6 +14,8 @@ PARTS = ("encoder", "connector", "llm")
 TRAIN_MODES = ("frozen", "full", "lora")
 LORA_PARTS = ("encoder", "llm")  # the connector is small: it trains in full
 LOSSES = get_args(LossImpl)
+OBJECTIVES = ("lm", "contrastive")
+CONTRASTIVE_LOSSES = ("siglip", "clip")
 
 
 @dataclass
@@ -38,6 +40,9 @@ class StageSpec:
     loss_chunk_size: int = 1024  # answer positions projected onto the vocabulary at a time (loss=chunked)
     val_check_interval: int | float | None = None
     lora: dict[str, Any] | None = None  # r, alpha, dropout, target_modules per part (parts trained with lora)
+    objective: str = "lm"  # lm: the LLM's answer loss | contrastive: encoder vs text tower (vlmlab.training.objectives)
+    contrastive_loss: str = "siglip"  # siglip | clip (objective: contrastive)
+    contrastive_dim: int = 128  # shared embedding size of the projection heads (objective: contrastive)
 
     @classmethod
     def from_config(cls, name: str, cfg: DictConfig, mixtures: dict[str, dict[str, float]]) -> StageSpec:
@@ -62,7 +67,11 @@ class StageSpec:
                 raise ValueError(f"{where}: {part} trains ({mode}) but lr.{part} is not set")
             if mode == "lora":
                 self._validate_lora(part)
-        if all(self.train[p] == "frozen" for p in PARTS):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"{where}: objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if self.objective == "contrastive":
+            self._validate_contrastive()
+        elif all(self.train[p] == "frozen" for p in PARTS):
             raise ValueError(f"{where}: every part is frozen, nothing would train")
         if self.mixture not in mixtures:
             raise ValueError(
@@ -83,6 +92,21 @@ class StageSpec:
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def _validate_contrastive(self) -> None:
+        where = f"curriculum stage '{self.name}' (objective: contrastive)"
+        if self.contrastive_loss not in CONTRASTIVE_LOSSES:
+            raise ValueError(f"{where}: contrastive_loss={self.contrastive_loss!r} is not one of siglip, clip")
+        unused = [p for p in ("connector", "llm") if self.train[p] != "frozen"]
+        if unused:
+            raise ValueError(
+                f"{where}: the {' and '.join(unused)} take no part in the contrastive loss; "
+                f"set train.{unused[0]}=frozen"
+            )
+        if not self.lr.get("text"):
+            raise ValueError(f"{where}: the text tower and projection heads train: set lr.text")
+        if self.contrastive_dim <= 0:
+            raise ValueError(f"{where}: contrastive_dim must be positive, got {self.contrastive_dim}")
 
     def _validate_lora(self, part: str) -> None:
         where = f"curriculum stage '{self.name}'"

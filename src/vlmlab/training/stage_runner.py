@@ -18,10 +18,13 @@ from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, load_weights, save_weights
 from vlmlab.training.distributed import build_strategy, is_sharded
 from vlmlab.training.module import VLMTrainingModule
+from vlmlab.training.objectives import build_objective
 from vlmlab.training.run_record import STATE_FILE, write_state
 from vlmlab.training.stage import StageSpec, mixture_weights
 
 log = logging.getLogger(__name__)
+
+OBJECTIVE_FILE = "objective.safetensors"  # a contrastive stage's text tower and projection heads
 
 
 def build_trainer(
@@ -65,7 +68,8 @@ def build_trainer(
 def save_stage_weights(
     cfg: DictConfig, spec: StageSpec, trainer: L.Trainer, module: VLMTrainingModule, stage_dir: Path
 ) -> VisionLanguageModel | None:
-    """Write the stage's `model.safetensors` (LoRA adapters saved and merged first).
+    """Write the stage's `model.safetensors` (LoRA adapters saved and merged first) and, for an objective with
+    weights of its own (a contrastive stage's text tower and heads), `objective.safetensors`.
 
     Sharded weights (FSDP, FSDP2) are gathered to rank 0 and loaded into a plain model built there.
     Every rank calls this; rank 0 writes and returns the plain trained model, the others return None.
@@ -74,12 +78,14 @@ def save_stage_weights(
     full = full_state_dict(trainer.strategy.model) if sharded else {}
     model = module.model
     if trainer.global_rank == 0:
-        if sharded:
+        if sharded:  # the same adapters and objective, into which the gathered weights load
             model = build_vlm(cfg.model)
-            module = VLMTrainingModule(model, spec)  # the same adapters, into which the gathered weights load
+            module = VLMTrainingModule(model, spec, objective=build_objective(spec, model, cfg.model))
             module.load_state_dict(full)
         module.save_and_merge_adapters(stage_dir / "adapters")
         save_weights(model, stage_dir / WEIGHTS_FILE)
+        if any(True for _ in module.objective.parameters()):  # a text tower and heads: kept, not handed on
+            save_weights(module.objective, stage_dir / OBJECTIVE_FILE)
     trainer.strategy.barrier("stage weights saved")
     return model if trainer.global_rank == 0 else None
 
@@ -90,6 +96,7 @@ class StageResult:
     weights: str  # the stage's saved weights file, recorded as the next stage's init_from
     datamodule: VLMDataModule
     metrics: dict[str, float]  # the trainer's final callback metrics, named `<stage>/<metric>`
+    answers: bool  # the stage trained the LLM to answer (its objective generates), so test scores mean something
 
 
 def run_stage(
@@ -134,7 +141,7 @@ def run_stage(
     # Each stage draws from its own seed (new LoRA adapters, dropout), whatever ran before it: the same in a
     # resumed run, on every process, and under every strategy.
     L.seed_everything(seed, workers=True, verbose=False)
-    module = VLMTrainingModule(model, spec, nan_policy=cfg.nan_policy)
+    module = VLMTrainingModule(model, spec, cfg.nan_policy, build_objective(spec, model, cfg.model))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
     metrics = {f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()}
     trained = save_stage_weights(cfg, spec, trainer, module, stage_dir)
@@ -147,4 +154,4 @@ def run_stage(
         if not main:
             load_weights(trained, weights)
         model = trained
-    return StageResult(model, weights, datamodule, metrics)
+    return StageResult(model, weights, datamodule, metrics, module.objective.generates)

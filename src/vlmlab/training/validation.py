@@ -57,8 +57,8 @@ class GenerationValidation(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        if trainer.sanity_checking or not isinstance(datamodule, VLMDataModule):
-            return
+        if trainer.sanity_checking or not isinstance(datamodule, VLMDataModule) or not pl_module.objective.generates:
+            return  # (a stage that does not train the LLM to answer, e.g. contrastive pretraining, is not scored so)
         if is_sharded(trainer.strategy):
             if not self.warned:
                 rank_zero_warn("generation_validation is skipped under a sharded strategy (fsdp, fsdp2)")

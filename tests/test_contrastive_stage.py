@@ -1,0 +1,119 @@
+"""The contrastive stage through `vlmlab-train` (subprocesses, a real sqlite MLflow store): the encoder-only
+curriculum raises retrieval recall above chance; one process, DDP and FSDP2 (2 CPU processes, gloo) follow the
+same trajectory; a SIGKILL in the stage resumes to the uninterrupted run's weights."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from tests.conftest import FAST_OVERRIDES
+from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 40
+DATA = SynthConfig(seed=0, image_size=48, num_train=128, num_val=32, num_test=8, train_turns=1)
+CONTRASTIVE = [
+    "curriculum=contrastive",
+    "model/text_tower=tiny_text",
+    "model.text_tower.config.hidden_size=32",
+    "model.text_tower.config.intermediate_size=64",
+    "model.text_tower.config.num_hidden_layers=1",
+    *[o for o in FAST_OVERRIDES if not o.startswith(("curriculum.", "data.synthetic"))],
+    *[f"data.synthetic.{k}={v}" for k, v in vars(DATA).items()],
+    f"curriculum.stages.pretrain.max_steps={STEPS}",
+    "curriculum.stages.pretrain.batch_size=16",
+    "curriculum.stages.pretrain.micro_batch_size=16",
+    f"curriculum.stages.pretrain.val_check_interval={STEPS // 2}",
+    "curriculum.stages.pretrain.contrastive_dim=32",
+    "trainer.accelerator=cpu",
+    "experiment_name=contrastive",
+]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("contrastive")
+    write_synthetic_dataset(path / "data", DATA)
+    return path
+
+
+def train(workdir: Path, name: str, *extra: str, expect: int = 0) -> subprocess.CompletedProcess:
+    command = [str(BIN / "vlmlab-train"), *CONTRASTIVE, f"data.root={workdir / 'data'}", f"hydra.run.dir={name}"]
+    command += [f"run_name={name}", *extra]
+    result = subprocess.run(
+        command, cwd=workdir, capture_output=True, text=True, timeout=600, env=ONE_THREAD, start_new_session=True
+    )
+    assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+def history(workdir: Path, run_name: str, key: str) -> list[tuple[int, float]]:
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("contrastive").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == run_name and "stage" not in r.data.tags)
+    (stage,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return sorted((m.step, m.value) for m in client.get_metric_history(stage.info.run_id, key))
+
+
+def weights(workdir: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(workdir / name / "stages" / "pretrain" / "model.safetensors")
+
+
+def test_encoder_pretraining_alone_raises_retrieval_recall_above_chance(workdir: Path) -> None:
+    train(workdir, "single")
+    for direction in ("i2t", "t2i"):  # chance: 1/32 at rank 1, 5/32 in the top 5
+        (first, _), (last, top1) = history(workdir, "single", f"val/caption/{direction}_r1")
+        assert (first, last) == (STEPS // 2 - 1, STEPS - 1)
+        top5 = history(workdir, "single", f"val/caption/{direction}_r5")[-1][1]
+        assert top1 > 2 / DATA.num_val and top5 > 2 * 5 / DATA.num_val, (direction, top1, top5)
+    (_, early), (_, late) = history(workdir, "single", "val/loss")
+    assert late < early
+    assert (workdir / "single" / "stages" / "pretrain" / "objective.safetensors").is_file()  # text tower + heads
+    assert not (workdir / "single" / "test_metrics.json").exists()  # no LLM answers to score
+    # the next curriculum starts from the pretrained encoder (its connector and LLM untouched)
+    encoder = {k: v for k, v in weights(workdir, "single").items() if k.startswith("encoder.")}
+    assert encoder and all(k.startswith(("encoder.", "connector.", "llm.")) for k in weights(workdir, "single"))
+
+
+@pytest.mark.parametrize("loss", ["siglip", "clip"])
+def test_two_processes_follow_one_process(workdir: Path, loss: str) -> None:
+    """The global batch of 16 as one process's batch, or as 8 on each of 2 processes (the negatives are the
+    global batch either way): the same losses and weights, under DDP and FSDP2."""
+    steps = [
+        f"curriculum.stages.pretrain.max_steps={STEPS // 4}",
+        f"curriculum.stages.pretrain.contrastive_loss={loss}",
+    ]
+    train(workdir, f"one-{loss}", *steps)
+    two = [*steps, "trainer.devices=2", "curriculum.stages.pretrain.micro_batch_size=8"]
+    expected = weights(workdir, f"one-{loss}")
+    reference = torch.tensor([v for _, v in history(workdir, f"one-{loss}", "train/loss")])
+    for strategy in ("ddp", "fsdp2"):
+        train(workdir, f"{strategy}-{loss}", *two, f"strategy={strategy}")
+        losses = torch.tensor([v for _, v in history(workdir, f"{strategy}-{loss}", "train/loss")])
+        torch.testing.assert_close(losses, reference, atol=1e-5, rtol=0)
+        got = weights(workdir, f"{strategy}-{loss}")
+        assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-5, strategy
+
+
+def test_sigkill_in_the_contrastive_stage_then_resume_gives_the_uninterrupted_weights(workdir: Path) -> None:
+    kill = ["+callbacks.kill._target_=tests.scripts.kill_at_step.KillAtStep", "+callbacks.kill.stage=pretrain"]
+    every = ["callbacks.checkpoint.every_n_train_steps=10", "data.num_workers=1"]
+    train(workdir, "straight", *every)
+    train(workdir, "killed", *every, *kill, "+callbacks.kill.step=14", expect=-signal.SIGKILL)
+    train(workdir, "resumed", *every, "run_name=killed", "resume=killed")
+    expected, got = weights(workdir, "straight"), weights(workdir, "killed")
+    assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
+    resumed, straight = history(workdir, "killed", "train/loss"), history(workdir, "straight", "train/loss")
+    assert [step for step, _ in resumed] == [step for step, _ in straight] == list(range(STEPS))  # each step once
+    torch.testing.assert_close(torch.tensor([v for _, v in resumed]), torch.tensor([v for _, v in straight]))
