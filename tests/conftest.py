@@ -45,6 +45,16 @@ FAST_OVERRIDES = [
     "~callbacks.progress_bar",
 ]
 MODEL_OVERRIDES = [o for o in FAST_OVERRIDES if o.startswith("model.")]
+# With experiment=demo (FAST_OVERRIDES too): its encoder-pretraining stage and text tower, shrunk likewise.
+DEMO_PRETRAIN_OVERRIDES = [
+    "curriculum.stages.pretrain.max_steps=3",
+    "curriculum.stages.pretrain.batch_size=8",
+    "curriculum.stages.pretrain.micro_batch_size=8",
+    "curriculum.stages.pretrain.val_check_interval=3",
+    "model.text_tower.config.hidden_size=32",
+    "model.text_tower.config.intermediate_size=64",
+    "model.text_tower.config.num_hidden_layers=1",
+]
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import FAST_OVERRIDES
+from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
 
 BIN = Path(sys.executable).parent
 
@@ -19,13 +19,14 @@ def run_cli(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.
 
 
 def train_demo_run(folder: Path, synth_root: Path) -> Path:
-    """The run folder (with `.hydra/config.yaml` and `stages/{align,instruct}`) of the demo with LLaVA's
+    """The run folder (with `.hydra/config.yaml` and `stages/{pretrain,align,instruct}`) of the demo with LLaVA's
     parts: the tiny transformers CLIP tower, the MLP projector and the tiny Llama."""
     result = run_cli(
         [
             str(BIN / "vlmlab-train"),
             "experiment=demo",
             *FAST_OVERRIDES,
+            *DEMO_PRETRAIN_OVERRIDES,
             "model/encoder=tiny_clip",
             "eval.enabled=false",
             "~callbacks.generation_validation",

@@ -90,8 +90,12 @@ def test_every_connector_preset_builds(compose_config, connector: str) -> None:
 def test_demo_experiment_composes_with_its_curriculum(compose_config) -> None:
     cfg = compose_config(["experiment=demo"], fast=False)
     specs = stage_specs(cfg)
-    assert [s.name for s in specs] == ["align", "instruct"]
-    assert all(s.train == {"encoder": "full", "connector": "full", "llm": "full"} for s in specs)
+    assert [s.name for s in specs] == ["pretrain", "align", "instruct"]
+    pretrain, align, instruct = specs
+    assert pretrain.objective == "contrastive" and pretrain.mixture == "pretrain"
+    assert pretrain.train == {"encoder": "full", "connector": "frozen", "llm": "frozen"}
+    assert align.train == {"encoder": "frozen", "connector": "full", "llm": "full"}
+    assert instruct.train == {"encoder": "full", "connector": "full", "llm": "full"}
     assert cfg.experiment_name == "vlmlab-demo"
     assert cfg.data.mixtures.instruct == {"vqa": 1.0, "doc": 1.0, "caption": 0.3}
 

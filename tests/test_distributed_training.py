@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.conftest import FAST_OVERRIDES
+from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
 
 BIN = Path(sys.executable).parent
 # instruct: optimizer steps of a global batch of 8 = 4 per process x 2 processes, or 4 x 2 accumulated. An epoch
@@ -199,15 +199,16 @@ def test_two_nodes_under_torchrun_train_like_one_process(runs: Path, synth_root:
 
 def test_the_readme_ddp_example_on_the_demo(tmp_path: Path, synth_root: Path) -> None:
     """`vlmlab-train experiment=demo trainer.devices=2 strategy=ddp`: the demo trains its encoder, whose unused
-    final norm must not be left without a gradient (DDP stops on such a parameter)."""
+    final norm must not be left without a gradient (DDP stops on such a parameter), contrastively first."""
     command = [str(BIN / "vlmlab-train"), "experiment=demo", "trainer.devices=2", "strategy=ddp"]
     command += ["trainer.accelerator=cpu", f"data.root={synth_root}", "hydra.run.dir=demo-ddp", "eval.enabled=false"]
     command += [o for o in FAST_OVERRIDES if o.startswith(("data.", "model.llm.tokenizer", "trainer.", "~"))]
     command += [
         f"curriculum.stages.{s}.{k}={v}"
-        for s in ("align", "instruct")
+        for s in ("pretrain", "align", "instruct")
         for k, v in (("max_steps", 3), ("batch_size", 8), ("micro_batch_size", 4), ("val_check_interval", 3))
     ]
+    command += [o for o in DEMO_PRETRAIN_OVERRIDES if o.startswith("model.text_tower")]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "demo-ddp" / "curriculum_state.json").read_text())

@@ -10,6 +10,7 @@ Layout written by `write_synthetic_dataset(root, ...)`:
     root/manifest.json                 generator settings (a changed setting regenerates)
     root/images/<task>/<split>/<id>.png
     root/<task>/<split>.json           task in {caption, vqa, doc}, split in {train, val, test}
+    root/doc/<split>_text.json         each receipt paired with its printed text ("$43 x3"), for pretraining
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ POSITIONS = (
 )  # fmt: skip
 
 
-FORMAT_VERSION = 2  # bumped when the files change for the same settings (2: ten VQA answers)
+FORMAT_VERSION = 3  # bumped when the files change for the same settings (2: ten VQA answers, 3: receipt texts)
+TRANSCRIBE = "Read the receipt."
 VQA_ANNOTATORS = 10
 
 
@@ -107,11 +109,11 @@ def render_scene(objects: list[ShapeObject], size: int) -> Image.Image:
     return image
 
 
-def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> Image.Image:
+def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> tuple[Image.Image, str]:
     """A receipt stub: a total line `$nn` and a quantity line `xn` in two of the three rows, in
     random order, one character per grid cell. Which line is which can only be told by reading it.
     Light text on mid-grey (about zero after normalisation) makes each glyph's own strokes, not the
-    paper, the bulk of its patch's features."""
+    paper, the bulk of its patch's features. Returns the image and its text, line by line from the top."""
     image = Image.new("RGB", (size, size), (128, 128, 128))
     draw = ImageDraw.Draw(image)
     cell = size // GRID
@@ -119,14 +121,14 @@ def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> Image.Ima
     lines = [f"${receipt.total}", f"x{receipt.items}"]
     rows = sorted(rng.sample(range(GRID), 2))
     rng.shuffle(lines)
-    for row, line in zip(rows, lines):
+    for row, line in zip(rows, lines):  # rows increase: the lines are in reading order
         column = rng.randint(0, GRID - len(line))
         for i, char in enumerate(line):
             center = ((column + i) * cell + cell / 2, row * cell + cell / 2)
             draw.text(
                 center, char, fill=(255, 255, 255), font=font, anchor="mm", stroke_width=1, stroke_fill=(255, 255, 255)
             )
-    return image
+    return image, " ".join(lines)
 
 
 def caption_of(objects: list[ShapeObject]) -> str:
@@ -172,8 +174,9 @@ def _conversation(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
     return turns
 
 
-def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple[dict, Image.Image]:
-    """One record (without id/image path) and its image."""
+def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple[dict, Image.Image, str | None]:
+    """One record (without id/image path), its image and, for a receipt, its printed text."""
+    text = None
     if task == "caption":
         objects = sample_scene(rng)
         pairs = [("Describe the image.", caption_of(objects))]
@@ -185,13 +188,13 @@ def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple
     elif task == "doc":
         receipt = sample_receipt(rng)
         pairs = doc_pairs(receipt, rng, turns)
-        image = render_receipt(receipt, size, rng)
+        image, text = render_receipt(receipt, size, rng)
     else:
         raise ValueError(f"unknown synthetic task '{task}'; valid: {', '.join(TASKS)}")
     # VQA keeps VQAv2's ten human answers (here ten who agree), so its official accuracy applies.
     answers = [pairs[-1][1]] * (VQA_ANNOTATORS if task == "vqa" else 1)
     record = {"task": task, "conversations": _conversation(pairs), "answers": answers}
-    return record, image
+    return record, image, text
 
 
 def write_synthetic_dataset(root: str | Path, config: SynthConfig = SynthConfig()) -> Path:
@@ -208,15 +211,20 @@ def write_synthetic_dataset(root: str | Path, config: SynthConfig = SynthConfig(
             turns = config.train_turns if split == "train" else 1
             image_dir = root / "images" / task / split
             image_dir.mkdir(parents=True, exist_ok=True)
-            records = []
+            records, texts = [], []
             for i in range(sizes[split]):
-                record, image = sample_record(task, rng, turns, config.image_size)
+                record, image, text = sample_record(task, rng, turns, config.image_size)
                 record_id = f"{task}-{split}-{i:06d}"
                 relative = f"images/{task}/{split}/{record_id}.png"
                 image.save(root / relative)
                 records.append({"id": record_id, "image": relative, **record})
+                if text is not None:  # the receipt's printed lines: an image-text pair for pretraining
+                    pair = _conversation([(TRANSCRIBE, text)])
+                    texts.append({"id": f"{record_id}-text", "image": relative, "task": "caption", "conversations": pair})
             (root / task).mkdir(exist_ok=True)
             (root / task / f"{split}.json").write_text(json.dumps(records, indent=1))
+            if texts:
+                (root / task / f"{split}_text.json").write_text(json.dumps(texts, indent=1))
     manifest.write_text(json.dumps(settings, indent=2))
     return manifest
 
