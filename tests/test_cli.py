@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FAST_OVERRIDES, MODEL_OVERRIDES
-from tests.published_formats import bad_llava_dataset
+from tests.published_formats import bad_llava_dataset, write_docvqa
 
 BIN = Path(sys.executable).parent
 SYNTHETIC_METRICS = {  # what the synthetic sources are scored with, and their blind baselines
@@ -48,8 +49,14 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cli").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["align", "instruct", "llava"]
-    assert (tmp_path / "run" / "stages" / "instruct" / "model.safetensors").is_file()
+    weights = tmp_path / "run" / "stages" / "instruct" / "model.safetensors"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o666 & ~umask  # readable by colleagues, as the user's files are
     assert (tmp_path / "run" / "stages" / "align" / "checkpoints" / "last.ckpt").is_file()
+    log = (tmp_path / "run" / "train.log").read_text()  # the whole run, up to the final scores
+    assert "stage 'instruct': train" in log and "test vqa vqa_accuracy: " in log and "test doc anls: " in log
+    assert "`Trainer.fit` stopped: `max_steps=3` reached." in log  # Lightning's own messages too
 
     # vlmlab-eval on the stage folder, which describes its model: the same scores, submission files, an MLflow run.
     same_data = [o for o in FAST_OVERRIDES if o.startswith("data.")]
@@ -78,21 +85,6 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None
     assert wrong.returncode != 0
     assert "does not fit the model built from this config (missing: llm.model.model.layers.1." in wrong.stderr
     assert "Use the model/* choices and overrides of the run that wrote it" in wrong.stderr
-
-
-def test_bad_group_choice_fails_fast_with_the_choices(tmp_path: Path) -> None:
-    result = run([str(BIN / "vlmlab-train"), "model/encoder=tiny_vitt"], cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Could not find 'model/encoder/tiny_vitt'" in result.stderr
-    assert "tiny_vit" in result.stderr and "clip_vit_l14_336" in result.stderr
-    assert not (tmp_path / "mlflow.db").exists()  # nothing was started
-
-
-def test_dot_override_fails_before_loading_weights(tmp_path: Path) -> None:
-    result = run([str(BIN / "vlmlab-train"), "model.llm=qwen2_5_0_5b_instruct"], cwd=tmp_path)
-    assert result.returncode != 0
-    assert "write model/llm=NAME (with a slash)" in result.stderr
-    assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_data_cli_writes_the_synthetic_dataset(tmp_path: Path) -> None:
@@ -131,7 +123,45 @@ def test_data_check_reports_problems_or_stops_at_the_first(tmp_path: Path) -> No
     )
 
     stop = run([*check, "data.num_workers=2"], cwd=tmp_path)  # data.on_bad_record=raise is the default of check
-    assert stop.returncode == 2
-    assert stop.stderr.startswith("error: source 'instruct', record 'gone': image ")
+    assert stop.returncode == 3  # stopped at a bad record
+    records_file = tmp_path / "llava_v1_5_mix665k.json"
+    assert stop.stderr.startswith(f"error: source 'instruct' ({records_file}), record 'gone': image ")
     assert "nowhere.png does not exist; check the split's image folder" in stop.stderr
     assert "Traceback" not in stop.stderr
+
+    # One source, machine-readable: every problem id by reason.
+    report = run([*check, "data.on_bad_record=skip", "data.max_length=96", "--source", "instruct", "--json"], tmp_path)
+    assert report.returncode == 1, report.stderr[-3000:]
+    splits = json.loads(report.stdout)["splits"]
+    assert [(s["source"], s["split"]) for s in splits] == [("instruct", "train")]
+    assert splits[0]["problems"]["image_count"] == ["two-images"] and splits[0]["records"] == 8
+    assert set(splits[0]["token_length_percentiles"]) == {"p50", "p90", "p99", "p100"}
+
+    unknown = run([*check, "--source", "instruct2"], cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert (
+        unknown.stderr.strip()
+        == "vlmlab-data check: --source instruct2: not a source of this data config (pretrain, instruct)"
+    )
+    records_file.unlink()
+    missing = run(check, cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().startswith(
+        f"vlmlab-data check: data files not found: instruct.train.file={records_file}"
+    )
+
+
+def test_data_check_names_the_file_and_field_of_a_malformed_record(tmp_path: Path) -> None:
+    write_docvqa(tmp_path)
+    annotations = tmp_path / "docvqa" / "train" / "train_v1.0.json"
+    content = json.loads(annotations.read_text())
+    del content["data"][1]["question"]
+    annotations.write_text(json.dumps(content))
+    check = [str(BIN / "vlmlab-data"), "check", *MODEL_OVERRIDES, "data=docvqa", f"data.root={tmp_path}"]
+    stop = run([*check, "data.num_workers=0", "--split", "train"], cwd=tmp_path)
+    assert stop.returncode == 3, stop.stderr[-3000:]
+    assert stop.stderr.startswith(
+        f"error: source 'docvqa' ({annotations}), record 9001: the DocVQA entry has no 'question' (a string is needed)"
+    )
+    bad_command = run([*check, "data.max_length=long"], cwd=tmp_path)
+    assert bad_command.returncode == 2 and bad_command.stderr.strip().startswith("vlmlab-data check: data.max_length:")

@@ -45,7 +45,7 @@ def test_every_preset_composes_and_validates(compose_config, override: str) -> N
     cfg = compose_config([override], fast=False)
     missing = OmegaConf.missing_keys(cfg)
     if missing:  # a preset for the user's own files leaves their paths to fill in (???), nothing else
-        assert all(key.startswith(("data.sources.", "model.llm.name_or_path")) for key in missing), missing
+        assert all(key.startswith(("data.sources.", "model.llm.pretrained")) for key in missing), missing
         return
     validate_config(cfg)  # raises on a preset that composes but cannot work
     stage_specs(cfg)
@@ -62,7 +62,7 @@ def test_every_data_preset_validates_with_both_stage_mixtures(compose_config, da
     required = ["data.sources.hf.train.path=/datasets/table"] if data == "hf" else []
     cfg = compose_config([f"data={data}", "data.root=/datasets", *required], fast=False)
     validate_config(cfg)  # every split of every source fits its format
-    assert set(cfg.data.mixtures) == {"align", "instruct"}
+    assert {"align", "instruct"} <= set(cfg.data.mixtures)  # synthetic also has `pretrain` (curriculum=demo)
     assert [s.mixture for s in stage_specs(cfg)] == ["align", "instruct"]
 
 
@@ -97,7 +97,7 @@ def test_demo_experiment_composes_with_its_curriculum(compose_config) -> None:
     assert align.train == {"encoder": "frozen", "connector": "full", "llm": "full"}
     assert instruct.train == {"encoder": "full", "connector": "full", "llm": "full"}
     assert cfg.experiment_name == "vlmlab-demo"
-    assert cfg.data.mixtures.instruct == {"vqa": 1.0, "doc": 1.0, "caption": 0.3}
+    assert cfg.data.mixtures.instruct == {"vqa": 1.0, "doc": 0.5, "caption": 0.2, "doc_text": 0.2}
 
 
 def test_unknown_preset_lists_the_valid_choices(compose_config) -> None:
@@ -128,16 +128,17 @@ def test_dot_instead_of_slash_is_caught(compose_config) -> None:
         ("curriculum.stages.align.lora.target_modules.encoder=null", "needs lora.target_modules.encoder"),
         (
             "curriculum.stages.align.mixture=captions",
-            "mixture 'captions' is not in data.mixtures \\(align, instruct\\)",
+            "mixture 'captions' is not in data.mixtures \\(pretrain, align, instruct\\)",
         ),
         ("curriculum.stages.instruct.batch_size=10", "batch_size=10 is not a multiple of micro_batch_size=4"),
-        ("+curriculum.stages.align.learning_rate=0.1", "unknown fields \\['learning_rate'\\]"),
+        ("+curriculum.stages.align.learning_rate=0.1", "unknown field\\(s\\) \\['learning_rate'\\]"),
         ("curriculum.stages.align.lr.encoder=null", "encoder trains \\(full\\) but lr.encoder is not set"),
     ],
 )
 def test_bad_stage_values_fail_before_building(compose_config, override: str, message: str) -> None:
-    lora_encoder = ["curriculum.stages.align.train.encoder=lora"] if "lora" in override else []
-    cfg = compose_config(["curriculum=demo", *lora_encoder, override])
+    encoder = "lora" if "lora" in override else "full"  # the demo's align freezes it
+    trained = [f"curriculum.stages.align.train.encoder={encoder}", "curriculum.stages.align.lr.encoder=1e-3"]
+    cfg = compose_config(["curriculum=demo", *trained, override])
     with pytest.raises(ValueError, match=message):
         stage_specs(cfg)
 
@@ -170,7 +171,7 @@ def _stages(compose_config, experiment: str) -> dict:
 
 def test_llava15_preset_is_the_published_recipe(compose_config) -> None:
     cfg, stages = _stages(compose_config, "llava15")
-    assert (cfg.model.llm.name_or_path, cfg.data.image_resize) == ("lmsys/vicuna-7b-v1.5", "letterbox")
+    assert (cfg.model.llm.pretrained, cfg.data.image_resize) == ("lmsys/vicuna-7b-v1.5", "letterbox")
     align, instruct = stages["align"], stages["instruct"]
     assert cfg.data.sources[next(iter(cfg.data.mixtures[align.mixture]))].train.file.endswith(
         "blip_laion_cc_sbu_558k.json"

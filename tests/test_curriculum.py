@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from tests.scripts.record_stage import RecordStage
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.errors import UsageError
 from vlmlab.models.builder import build_vlm
 from vlmlab.training.curriculum import run_curriculum
 from vlmlab.training.module import VLMTrainingModule
@@ -36,8 +37,10 @@ def child_runs(mlflow_uri: str, experiment: str, parent_name: str) -> dict[str, 
 def test_each_stage_starts_from_the_previous_stages_saved_weights(compose_config, mlflow_uri: str) -> None:
     cfg = compose_config([*NO_EVAL, *RECORD, "experiment_name=handoff", "run_name=full"])
     run_curriculum(cfg)
-    state = json.loads((Path(cfg.paths.output_dir) / "curriculum_state.json").read_text())
-    align = load_file(state["stages"]["align"]["weights"])
+    run_dir = Path(cfg.paths.output_dir)
+    state = json.loads((run_dir / "curriculum_state.json").read_text())
+    align_weights = run_dir / state["stages"]["align"]["weights"]  # recorded relative to the run folder
+    align = load_file(align_weights)
     start = RecordStage.weights_at_start
     # The hand-off: instruct starts from exactly the weights align saved (tied embeddings are saved once).
     assert start["instruct"].keys() >= align.keys()
@@ -49,10 +52,10 @@ def test_each_stage_starts_from_the_previous_stages_saved_weights(compose_config
     assert not any(n.startswith("encoder.") for n in RecordStage.with_gradient["instruct"])
     children = child_runs(mlflow_uri, "handoff", "full")
     assert children["align"].data.tags["init_from"] == "config"
-    assert children["instruct"].data.tags["init_from"] == state["stages"]["align"]["weights"]
+    assert children["instruct"].data.tags["init_from"] == str(align_weights)
 
     # A later stage alone, from any checkpoint: start_stage + init_from (a stage folder).
-    stage_dir = str(Path(state["stages"]["align"]["weights"]).parent)
+    stage_dir = str(align_weights.parent)
     later = compose_config(
         [*NO_EVAL, *RECORD, "experiment_name=handoff", "run_name=later", "curriculum.start_stage=instruct"]
         + [f"init_from={stage_dir}", f"paths.output_dir={Path(cfg.paths.output_dir).parent / 'later'}"]
@@ -163,9 +166,9 @@ def test_the_global_batch_is_kept_when_devices_change(compose_config, devices: i
 
 
 def test_resume_finds_the_run_or_says_what_is_wrong(compose_config, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="resume=true: no unfinished run of experiment 'vlmlab' / run 'llava'"):
+    with pytest.raises(UsageError, match="resume=true: no unfinished run of experiment 'vlmlab' / run 'llava'"):
         run_curriculum(compose_config(["resume=true"]))
-    with pytest.raises(FileNotFoundError, match="no curriculum_state.json there; give the run folder"):
+    with pytest.raises(UsageError, match="no curriculum_state.json there; give the run folder"):
         run_curriculum(compose_config([f"resume={tmp_path}"]))
 
     # A run folder whose config differs from this command's (another seed) is refused before training.

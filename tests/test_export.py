@@ -72,10 +72,13 @@ def test_exported_model_gives_vlmlabs_logits_and_generations_in_transformers(
         assert actual.tolist() == expected.tolist()
 
 
-def tiny_llava(tokenizer, folder: Path) -> LlavaForConditionalGeneration:
+def tiny_llava(
+    tokenizer, folder: Path, chat_template: str | None = CHAT_TEMPLATES["vicuna_v1"]
+) -> LlavaForConditionalGeneration:
     """A random tiny LLaVA saved as a Hugging Face checkpoint: config, weights, tokenizer, processor."""
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = None  # the template, if any, is the processor's
     vision = CLIPVisionConfig(
         image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4
     )
@@ -97,7 +100,7 @@ def tiny_llava(tokenizer, folder: Path) -> LlavaForConditionalGeneration:
         tokenizer,
         patch_size=8,
         vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATES["vicuna_v1"],
+        chat_template=chat_template,
         num_additional_image_tokens=1,
     ).save_pretrained(folder)
     return llava
@@ -170,3 +173,29 @@ def test_a_model_llava_cannot_express_is_refused_and_saved_in_vlmlabs_format(tok
     pixels = torch.randn(1, 3, size.height, size.width)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
     assert torch.equal(logits(reloaded.model, inputs), logits(model, inputs))
+
+
+def test_an_incomplete_llava_folder_is_named_with_what_it_lacks(tokenizer, tmp_path: Path) -> None:
+    tiny_llava(tokenizer, tmp_path / "hf", chat_template=None)
+    generate = [str(BIN / "vlmlab-generate"), f"checkpoint={tmp_path / 'hf'}", "prompt=hi", "max_new_tokens=2"]
+    refused = run_cli(generate, cwd=tmp_path)  # a processor and tokenizer without a chat template
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"vlmlab-generate: {tmp_path / 'hf'}: neither its processor nor its tokenizer has a chat template; give one "
+        "with chat_template=<a name (vicuna_v1 for LLaVA-1.5, simple) or a Jinja string>"
+    )
+    answered = run_cli([*generate, "chat_template=vicuna_v1"], cwd=tmp_path)
+    assert answered.returncode == 0, answered.stderr[-3000:]
+
+    for name in ("preprocessor_config.json", "processor_config.json", "tokenizer.json"):
+        (tmp_path / "hf" / name).unlink(missing_ok=True)
+    imported = run_cli(
+        [str(BIN / "vlmlab-import"), f"source={tmp_path / 'hf'}", f"output={tmp_path / 'vlm'}"], cwd=tmp_path
+    )
+    assert imported.returncode == 2 and "Traceback" not in imported.stderr, imported.stderr[-3000:]
+    assert imported.stderr.strip().splitlines()[-1] == (
+        f"vlmlab-import: {tmp_path / 'hf'} lacks an image processor (preprocessor_config.json) and a tokenizer "
+        "(tokenizer.json or tokenizer.model or vocab.json); save them beside the model with "
+        "AutoProcessor.from_pretrained(<the original>).save_pretrained(folder)"
+    )
+    assert not (tmp_path / "vlm").exists()

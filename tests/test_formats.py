@@ -254,7 +254,9 @@ def test_malformed_entries_of_published_formats(tmp_path: Path, model: VisionLan
     questions_file.write_text(json.dumps(questions))
     dm = datamodule(data_config(tmp_path, "vqav2"), model)
     skipped = dm.dataset("vqav2", "train")[0]
-    assert (skipped["skipped"], skipped["id"]) == ("malformed", 500) and "needs 'image_id'" in skipped["message"]
+    assert (skipped["skipped"], skipped["id"]) == ("malformed", 500) and "question has no 'image_id'" in skipped[
+        "message"
+    ]
     write_json(questions_file, {"annotations": []})
     with pytest.raises(ValueError, match="has no top-level 'questions': it is not a VQAv2 questions file"):
         datamodule(data_config(tmp_path, "vqav2"), model).dataset("vqav2", "train")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,57 @@ def test_chat_through_a_pipe(stage: Path, assistant: Assistant, images: list[Pat
     history = [*first_turn, {"role": "assistant", "content": first}, {"role": "user", "content": "And the colours?"}]
     assert result.stdout.splitlines() == [first, greedy(assistant, history, images[:1])]
     assert "image missing.png does not exist; the image was not attached" in result.stderr
+
+
+def readme_command(marker: str) -> list[str]:
+    """The README's example command line that contains `marker`, split as the shell splits it."""
+    line = next(line for line in Path("README.md").read_text().splitlines() if marker in line)
+    return shlex.split(line)
+
+
+def test_prompts_are_free_text_as_the_readme_writes_them(
+    stage: Path, assistant: Assistant, images: list[Path], tmp_path: Path
+) -> None:
+    for i, image in enumerate(images):
+        (tmp_path / f"{'ab'[i]}.png").write_bytes(image.read_bytes())
+    command = readme_command("'image=[a.png,b.png]' prompt=")  # prompt="<image> or <image>: which is brighter?"
+    command = [
+        str(BIN / command[0].removeprefix(".venv/bin/")),
+        f"checkpoint={stage}",
+        *command[2:],
+        "max_new_tokens=6",
+    ]
+    result = run_cli(command, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    question = [{"role": "user", "content": "<image> or <image>: which is brighter?"}]
+    assert result.stdout == greedy(assistant, question, images) + "\n"
+
+    text = "What's in it, exactly? (a=b, [c]: ${d})"  # an apostrophe, commas, brackets, an interpolation
+    free = [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=a.png", f"prompt={text}", "max_new_tokens=6"]
+    result = run_cli(free, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == greedy(assistant, [assistant.user_message(text, 1)], images[:1]) + "\n"
+
+
+def test_chat_help_and_ctrl_c(stage: Path, tmp_path: Path) -> None:
+    helped = run_cli([str(BIN / "vlmlab-chat"), f"checkpoint={stage}"], cwd=tmp_path, stdin="/help\n/quit\n")
+    assert helped.returncode == 0 and helped.stdout == ""  # nothing was sent to the model
+    assert "/image PATH" in helped.stderr and "/reset" in helped.stderr
+
+    chat = subprocess.Popen(
+        [str(BIN / "vlmlab-chat"), f"checkpoint={stage}"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as at a terminal, even under nohup
+    )
+    assert chat.stdin is not None and chat.stderr is not None
+    chat.stdin.write("/help\n")  # its answer on stderr says the model is loaded and the chat waits for input
+    chat.stdin.flush()
+    while "commands:" not in chat.stderr.readline():
+        pass
+    chat.send_signal(signal.SIGINT)
+    _, stderr = chat.communicate(timeout=60)
+    assert chat.returncode == 0 and "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmlab"
 # Lowest first. A package may import its own modules and any lower layer's (not those of its own layer).
 LAYERS = [
+    {"errors"},
     {"tracking"},
     {"models"},
     {"data"},
@@ -17,6 +18,7 @@ LAYERS = [
     {"interop"},
     {"training", "inference"},
     {"config"},
+    {"preflight"},
     {"cli"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}

@@ -47,13 +47,15 @@ def write_plugin(root: Path) -> Path:
     connectors = root / "my_conf" / "model" / "connector"
     connectors.mkdir(parents=True)
     (connectors / "strided.yaml").write_text("_target_: my_pkg.projector.StridedPoolConnector\nstride: 3\n")
-    (connectors / "unfit.yaml").write_text("_target_: my_pkg.projector.Unfit\n")
     return root / "my_conf"
 
 
 def test_a_connector_from_the_users_own_folder_trains_through_the_cli(tmp_path: Path, synth_root: Path) -> None:
     conf = write_plugin(tmp_path / "plugin")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "plugin")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "plugin"), os.environ.get("PYTHONPATH")])),
+    }
     command = [
         str(BIN / "vlmlab-train"),
         *FAST_OVERRIDES,
@@ -74,13 +76,30 @@ def test_a_connector_from_the_users_own_folder_trains_through_the_cli(tmp_path: 
     weights = load_file(tmp_path / "run" / "stages" / "instruct" / "model.safetensors")
     assert weights["connector.proj.weight"].shape == (32, 128)  # LLM width x encoder width, injected
 
-    unfit = subprocess.run(
-        [*command, "model/connector=unfit", "hydra.run.dir=unfit"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert unfit.returncode != 0
-    assert "connector my_pkg.projector.Unfit could not be built with in_dim, out_dim and num_in_tokens" in unfit.stderr
-    assert "__init__ must accept these three" in unfit.stderr
+    for preset, target, message in (
+        ("unfit", "my_pkg.projector.Unfit", "is not a subclass of vlmlab.models.connectors.Connector"),
+        ("typo", "my_pkg.projector.StridedPool", "my_pkg.projector has no 'StridedPool'; its classes: Connector, "),
+        ("nowhere", "my_pkg.projectors.StridedPoolConnector", "no module named 'my_pkg.projectors'. Is the folder"),
+        ("unknown", "my_pkg.projector.StridedPoolConnector", "model.connector.strides is not an option of"),
+    ):
+        extra = "strides: 2\n" if preset == "unknown" else ""
+        (conf / "model" / "connector" / f"{preset}.yaml").write_text(f"_target_: {target}\n{extra}")
+        result = subprocess.run(
+            [*command, f"model/connector={preset}", f"hydra.run.dir={preset}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and message in result.stderr.strip().splitlines()[-1], result.stderr
+        assert (
+            "encoder: vlmlab.models.encoders" not in result.stdout + result.stderr
+        )  # refused before the encoder and LLM are built
+        assert not (tmp_path / preset).exists()  # and no run folder is left behind
+
+    unplugged = subprocess.run(
+        [*command, "model/connector=strided", "hydra.run.dir=unplugged"], cwd=tmp_path, capture_output=True, text=True
+    )  # without PYTHONPATH
+    assert unplugged.returncode == 2
+    assert "no module named 'my_pkg'. Is the folder that holds it on PYTHONPATH" in unplugged.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +50,8 @@ def train_command(synth_root: Path, run_dir: str, *extra: str) -> list[str]:
 
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # A new session: the kill callback kills the run's process group, not pytest.
-    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the kill callback lives in tests/scripts
+    # The kill callback lives in tests/scripts.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
         command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env, start_new_session=True
     )
@@ -149,3 +152,35 @@ def test_two_processes_resume_exactly(workdir: Path, synth_root: Path) -> None:
     assert straight.returncode == 0, straight.stderr[-3000:]
     kill_and_resume(workdir, synth_root, "ddp", *SCENARIOS["mid-epoch"], *ddp)
     assert_same_training(workdir, "ddp", "straight-ddp")
+
+
+def test_ctrl_c_prints_the_command_that_resumes_a_moved_run_folder(workdir: Path, synth_root: Path) -> None:
+    """Ctrl-C in stage 2 stops the run with the command that resumes it; the run folder, moved elsewhere (as
+    to another file system), resumes from its record's relative paths to the uninterrupted run's weights."""
+    checkpoint_every, interrupt_at = SCENARIOS["mid-epoch"]
+    common = ["run_name=ctrl-c", f"callbacks.checkpoint.every_n_train_steps={checkpoint_every}"]
+    press = ["+callbacks.kill._target_=tests.scripts.kill_at_step.KillAtStep", "+callbacks.kill.stage=instruct"]
+    press += [f"+callbacks.kill.step={interrupt_at}", "+callbacks.kill.interrupt=true"]
+    stopped = run(train_command(synth_root, "ctrl-c", *common, *press), workdir)
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    lines = stopped.stderr.splitlines()
+    assert "vlmlab-train: interrupted; resume where it stopped:" in lines, stopped.stderr[-3000:]
+    said = lines.index("vlmlab-train: interrupted; resume where it stopped:")
+    command = shlex.split(lines[said + 1])
+    assert command[0] == "vlmlab-train" and command[-1] == "resume=outputs/ctrl-c"
+    assert not any(arg.startswith("hydra.run.dir=") for arg in command)
+
+    moved = workdir / "elsewhere" / "ctrl-c"
+    moved.parent.mkdir()
+    shutil.move(workdir / "outputs" / "ctrl-c", moved)
+    resume = [str(BIN / "vlmlab-train"), *(a for a in command[1:-1] if not a.startswith("+callbacks.kill"))]
+    resumed = run([*resume, f"resume={moved}", "hydra.run.dir=outputs/ctrl-c-resumed"], workdir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = load_file(workdir / "outputs" / "straight" / "stages" / "instruct" / "model.safetensors")
+    got = load_file(moved / "stages" / "instruct" / "model.safetensors")
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) <= 1e-6
+    state = json.loads((moved / "curriculum_state.json").read_text())
+    assert state["finished"] and state["stages"]["instruct"]["weights"] == "stages/instruct/model.safetensors"
+    log = (moved / "train.log").read_text()  # the whole run: the first part, then the resumed one
+    assert "stage 'instruct': train" in log and "resuming the curriculum in" in log
+    assert "Detected KeyboardInterrupt" in log  # Lightning's messages reach the run log too

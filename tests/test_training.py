@@ -75,10 +75,13 @@ def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> Non
     state = json.loads((run_dir / "curriculum_state.json").read_text())
     assert list(state["stages"]) == ["align", "instruct"]
     assert all(s["status"] == "done" and s["global_step"] == 3 for s in state["stages"].values())
+    # Paths inside the run folder are recorded relative to it (a moved run folder still resumes).
+    assert state["stages"]["instruct"]["weights"] == "stages/instruct/model.safetensors"
+    assert state["stages"]["instruct"]["init_from"] == "stages/align/model.safetensors"
 
     # The final weights on disk are the trained model's.
     model = build_vlm(cfg.model)
-    load_model(model, state["stages"]["instruct"]["weights"])
+    load_model(model, run_dir / state["stages"]["instruct"]["weights"])
 
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("curriculum-test")
@@ -89,7 +92,7 @@ def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> Non
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["test/vqa/vqa_accuracy"] == metrics["test/vqa/vqa_accuracy"]
     assert parent.data.params["model.connector._target_"] == "vlmlab.models.connectors.MLPConnector"
-    assert children["instruct"].data.tags["init_from"] == state["stages"]["align"]["weights"]
+    assert children["instruct"].data.tags["init_from"] == str(run_dir / state["stages"]["align"]["weights"])
     assert children["align"].data.tags["init_from"] == "config"
     assert "train/loss" in children["align"].data.metrics and "val/loss" in children["instruct"].data.metrics
     # Generation-based validation: each source the stage trains on, scored with its metrics, and a sample table.

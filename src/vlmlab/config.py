@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import get_args
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.conversation_dataset import BadRecordPolicy
 from vlmlab.data.formats import split_spec
 from vlmlab.data.image_processing import ResizeMode
+from vlmlab.data.schema import DataSchema, SourceSchema
+from vlmlab.errors import UsageError, check_types
 from vlmlab.eval.metrics import METRICS
 
 MODEL_GROUPS = ("encoder", "connector", "llm")
@@ -35,7 +37,7 @@ def validate_model_config(cfg: DictConfig) -> None:
     for part in MODEL_GROUPS:
         node = cfg.model.get(part)
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ValueError(
+            raise UsageError(
                 f"model.{part} is {node!r}, not a component config. To choose a preset write "
                 f"model/{part}=NAME (with a slash); `model.{part}=NAME` replaces the whole node with a string. "
                 f"Presets: {', '.join(group_options(f'model/{part}'))}"
@@ -45,27 +47,32 @@ def validate_model_config(cfg: DictConfig) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Catch what Hydra itself accepts but cannot work, with the fix in the message."""
     validate_model_config(cfg)
+    missing = sorted(key for group in ("model", "data") for key in OmegaConf.missing_keys(cfg[group]))
+    if missing:
+        raise UsageError(f"{', '.join(missing)} must be set (??? in the preset), e.g. {missing[0]}=...")
+    check_types(cfg.data, DataSchema, "data")
     sources = cfg.data.get("sources")
     if not sources:
-        raise ValueError("data.sources is empty: choose a data preset (data=synthetic) or add sources")
+        raise UsageError("data.sources is empty: choose a data preset (data=synthetic) or add sources")
     for name, source in sources.items():
+        check_types(source, SourceSchema, f"data.sources.{name}")
         if "task" not in source or "train" not in source:
-            raise ValueError(f"data source '{name}' needs at least 'task' and 'train' (see conf/data/source/)")
+            raise UsageError(f"data source '{name}' needs at least 'task' and 'train' (see conf/data/source/)")
         for split in ("train", "val", "test"):
             split_spec(name, source, split)
         unknown = [m for m in source.get("metrics") or [] if m not in METRICS]
         if unknown:
-            raise ValueError(f"data source '{name}' names unknown metric(s) {unknown}; vlmlab has {', '.join(METRICS)}")
+            raise UsageError(f"data source '{name}' names unknown metric(s) {unknown}; vlmlab has {', '.join(METRICS)}")
     for mixture, weights in (cfg.data.get("mixtures") or {}).items():
         if not weights:
-            raise ValueError(f"data.mixtures.{mixture} is empty; give it at least one source: weight")
+            raise UsageError(f"data.mixtures.{mixture} is empty; give it at least one source: weight")
         for source, weight in weights.items():
             if source not in sources:
-                raise ValueError(
+                raise UsageError(
                     f"data.mixtures.{mixture} names source '{source}'; the data config has {', '.join(sources)}"
                 )
             if weight <= 0:
-                raise ValueError(f"data.mixtures.{mixture}.{source} must be > 0, got {weight}")
+                raise UsageError(f"data.mixtures.{mixture}.{source} must be > 0, got {weight}")
     for key, choices in (("on_bad_record", get_args(BadRecordPolicy)), ("image_resize", get_args(ResizeMode))):
         if cfg.data[key] not in choices:
-            raise ValueError(f"data.{key}={cfg.data[key]!r} is not one of {', '.join(choices)}")
+            raise UsageError(f"data.{key}={cfg.data[key]!r} is not one of {', '.join(choices)}")

@@ -9,18 +9,17 @@ from __future__ import annotations
 import sys
 from typing import TextIO
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from vlmlab.cli.common import load_from_command_line
+from vlmlab.cli.entry import hydra_command
 from vlmlab.cli.generate import generation_options
-from vlmlab.config import config_dir
 from vlmlab.data.chat_format import SampleError
 from vlmlab.data.image_processing import ImageLoadError
 from vlmlab.inference.answer import Assistant, GenerationOptions
 
-HELP = "commands: /image PATH (attach to your next message), /reset (start over), /quit"
+HELP = "commands: /image PATH (attach to your next message), /reset (start over), /help (this list), /quit"
 
 
 def chat(assistant: Assistant, options: GenerationOptions, lines: TextIO, out: TextIO, interactive: bool) -> int:
@@ -43,6 +42,9 @@ def chat(assistant: Assistant, options: GenerationOptions, lines: TextIO, out: T
             continue
         if text in ("/quit", "/exit"):
             break
+        if text in ("/help", "/?"):
+            print(HELP, file=out if interactive else sys.stderr)
+            continue
         if text == "/reset":
             messages, images, pending = [], [], []
             print("(conversation cleared)", file=sys.stderr)
@@ -70,16 +72,20 @@ def chat(assistant: Assistant, options: GenerationOptions, lines: TextIO, out: T
     return answers
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="chat")
-def main(cfg: DictConfig) -> None:
-    try:
-        torch.manual_seed(cfg.seed)
-        loaded = load_from_command_line(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"vlmlab-chat: {err}") from err
+def run_chat(cfg: DictConfig) -> None:
+    """Everything `vlmlab-chat` does after Hydra composed `cfg`. Ctrl-C or Ctrl-D ends the session."""
+    torch.manual_seed(cfg.seed)
+    loaded = load_from_command_line(cfg)
     assistant = Assistant(loaded.model, loaded.image_resize, cfg.system)
-    chat(assistant, generation_options(cfg), sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
+    try:
+        chat(assistant, generation_options(cfg), sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)  # end the prompt's line; no traceback
 
+
+main = hydra_command(
+    "vlmlab-chat", "chat", run_chat, user_errors=(ValueError, FileNotFoundError), free_text=("system",)
+)
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,7 @@ def load_from_command_line(cfg: DictConfig) -> LoadedModel:
         model_source=cfg.model_source,
         image_resize=cfg.image_resize,
         model_choices_given=model_choices_given(),
+        chat_template=cfg.get("chat_template"),
     )
     loaded.model.to(device(cfg.device))
     return loaded

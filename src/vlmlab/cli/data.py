@@ -2,21 +2,32 @@
 
 vlmlab-data synth --out DIR                   write the synthetic tasks
 vlmlab-data check data=vqav2 data.root=/x     encode every record of a configured dataset and report
+
+Exit codes of check: 0 no problem, 1 problems found (listed), 2 a usage error (a bad option, a file that
+does not exist: one line naming it), 3 stopped at the first bad record (data.on_bad_record=raise).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from vlmlab.cli.entry import usage_error
 from vlmlab.config import config_dir, validate_config
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
+from vlmlab.errors import UsageError
+
+PROBLEMS_FOUND = 1
+STOPPED_AT_BAD_RECORD = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,40 +44,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="scan a configured dataset: records, images found, problems by reason, token lengths",
         description="Stops at the first bad record with its file, id and the fix (data.on_bad_record=raise, the "
         "default here); with data.on_bad_record=skip it lists every problem by reason. The model config "
-        "matters: its tokenizer and image token count set the lengths. Exits 1 when problems were found, 2 "
-        "when it stopped at one.",
+        "matters: its tokenizer and image token count set the lengths. Exits 0 when clean, 1 when problems "
+        "were found, 2 on a usage error (a bad option, a missing file), 3 when it stopped at a bad record.",
     )
     check.add_argument("--split", action="append", choices=["train", "val", "test"], help="default: every split")
+    check.add_argument("--source", action="append", help="check only this source of the data config (repeatable)")
     check.add_argument("--limit", type=int, default=None, help="check only the first N records of each split")
+    check.add_argument("--json", action="store_true", help="print the report as JSON (every problem id) on stdout")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, as for vlmlab-train (e.g. data=vqav2)")
     return parser
 
 
 def compose_train_config(overrides: list[str]) -> DictConfig:
     """conf/train.yaml with the overrides, as `vlmlab-train` would compose it from this folder."""
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={Path.cwd()}", *overrides])
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose("train", overrides=[f"paths.root_dir={Path.cwd()}", *overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UsageError(str(err).replace("\n", "; ")) from err
 
 
-def check(overrides: list[str], splits: list[str] | None, limit: int | None) -> int:
+def check(
+    overrides: list[str], splits: list[str] | None, sources: list[str] | None, limit: int | None, as_json: bool
+) -> int:
     from vlmlab.data.chat_format import SampleError
-    from vlmlab.data.check import check_datamodule, print_report
+    from vlmlab.data.check import check_datamodule, print_report, report_dict, splits_to_check
     from vlmlab.data.datamodule import VLMDataModule
     from vlmlab.models.builder import build_vlm
+    from vlmlab.preflight import check_data_files, check_model_weights
 
     # The report lists the problems: the per-record warnings that training logs would only repeat them.
     logging.getLogger("vlmlab.data.conversation_dataset").setLevel(logging.ERROR)
     cfg = compose_train_config(["data.on_bad_record=raise", *overrides])
     validate_config(cfg)
+    unknown = [s for s in sources or [] if s not in cfg.data.sources]
+    if unknown:
+        raise UsageError(f"--source {unknown[0]}: not a source of this data config ({', '.join(cfg.data.sources)})")
+    pairs = splits_to_check(
+        OmegaConf.to_container(cfg.data.sources, resolve=True), splits or ("train", "val", "test"), sources
+    )
+    check_data_files(cfg, pairs)  # before the model (and its tokenizer) is built
+    check_model_weights(cfg.model)
     datamodule = VLMDataModule.from_config(cfg.data, build_vlm(cfg.model), cfg.seed)
     datamodule.prepare_data()
     try:
-        reports = check_datamodule(datamodule, splits or ("train", "val", "test"), limit)
+        reports = check_datamodule(datamodule, pairs, limit)
     except SampleError as err:
         print(f"error: {err}\n(data.on_bad_record=skip lists every problem instead)", file=sys.stderr)
-        return 2
-    print_report(reports, cfg.data.max_length)
-    return 1 if any(r.num_problems for r in reports) else 0
+        return STOPPED_AT_BAD_RECORD
+    if as_json:
+        print(json.dumps(report_dict(reports, cfg.data.max_length), indent=1))
+    else:
+        print_report(reports, cfg.data.max_length)
+    return PROBLEMS_FOUND if any(r.num_problems for r in reports) else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:
         manifest = write_synthetic_dataset(args.out, config)
         print(f"synthetic dataset in {manifest.parent} ({config})")
     elif args.command == "check":
-        sys.exit(check(args.overrides, args.split, args.limit))
+        try:
+            sys.exit(check(args.overrides, args.split, args.source, args.limit, args.json))
+        except (UsageError, FileNotFoundError) as err:
+            usage_error("vlmlab-data check", err)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.cli.common import load_from_command_line
-from vlmlab.config import config_dir, validate_config
+from vlmlab.cli.entry import hydra_command
+from vlmlab.config import validate_config
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.eval.scoring import score_splits
+from vlmlab.preflight import check_data_files, check_weights_file
 from vlmlab.tracking.mlflow_runs import log_evaluation_run
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     missing = [n for n in sources if n not in cfg.data.sources or cfg.data.sources[n].get(cfg.split) is None]
     if missing:
         raise ValueError(f"source(s) {missing} have no '{cfg.split}' split in this data config; set `sources`")
+    check_weights_file(cfg.checkpoint, "checkpoint")  # before the model is built
+    check_data_files(cfg, [(name, cfg.split) for name in sources])
     loaded = load_from_command_line(cfg)
     OmegaConf.update(cfg, "data.image_resize", loaded.image_resize)  # as the model was trained
     log.info("scoring %s (model from %s) on the %s split of %s", cfg.checkpoint, loaded.source, cfg.split, sources)
@@ -41,13 +44,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    try:
-        evaluate(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"vlmlab-eval: {err}") from err
-
+main = hydra_command("vlmlab-eval", "eval", evaluate, user_errors=(ValueError, FileNotFoundError))
 
 if __name__ == "__main__":
     main()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from vlmlab.cli.common import load_from_command_line
-from vlmlab.config import config_dir
+from vlmlab.cli.entry import hydra_command
 from vlmlab.inference.loading import save_model_folder
 from vlmlab.interop.hf_llava import check_fits_llava, export_hf_llava
 
@@ -36,13 +35,7 @@ def export(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
-def main(cfg: DictConfig) -> None:
-    try:
-        export(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"vlmlab-export: {err}") from err
-
+main = hydra_command("vlmlab-export", "export", export, user_errors=(ValueError, FileNotFoundError))
 
 if __name__ == "__main__":
     main()

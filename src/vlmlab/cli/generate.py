@@ -8,14 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import Progress
 
 from vlmlab.cli.common import load_from_command_line
-from vlmlab.config import config_dir
+from vlmlab.cli.entry import hydra_command
 from vlmlab.data.image_processing import ImageLoadError
 from vlmlab.inference.answer import Assistant, GenerationOptions
 
@@ -112,13 +111,13 @@ def generate(cfg: DictConfig) -> list[str] | None:
     return [answer]
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="generate")
-def main(cfg: DictConfig) -> None:
-    try:
-        generate(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"vlmlab-generate: {err}") from err
-
+main = hydra_command(
+    "vlmlab-generate",
+    "generate",
+    generate,
+    user_errors=(ValueError, FileNotFoundError),
+    free_text=("prompt", "system", "image"),
+)
 
 if __name__ == "__main__":
     main()

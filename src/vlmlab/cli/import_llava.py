@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from vlmlab.config import config_dir
+from vlmlab.cli.entry import hydra_command
 from vlmlab.inference.loading import LoadedModel, save_model_folder
 from vlmlab.interop.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
 
@@ -44,13 +43,7 @@ def import_llava(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="import")
-def main(cfg: DictConfig) -> None:
-    try:
-        import_llava(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"vlmlab-import: {err}") from err
-
+main = hydra_command("vlmlab-import", "import", import_llava, user_errors=(ValueError, FileNotFoundError))
 
 if __name__ == "__main__":
     main()

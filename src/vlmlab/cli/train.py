@@ -3,33 +3,82 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
+from pathlib import Path
 
-import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vlmlab.config import config_dir, validate_config
+from vlmlab.cli.entry import hydra_command
+from vlmlab.errors import UsageError
+from vlmlab.preflight import check_before_training
 from vlmlab.training.curriculum import run_curriculum
-from vlmlab.training.stage import stage_specs
+from vlmlab.training.run_record import find_run_to_resume
 
 log = logging.getLogger(__name__)
 
 
+def log_lightning_to_run_log() -> None:
+    """Lightning's messages go to the handlers Hydra set up (console and the run's train.log): Lightning adds
+    its own console handler and stops propagation when it is imported before logging is configured."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+def log_into_resumed_run(run_dir: Path) -> None:
+    """A resumed run's log also goes to the train.log of the run it continues, which so holds the whole run."""
+    root = logging.getLogger()
+    own = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    target = run_dir / "train.log"
+    if any(Path(h.baseFilename).resolve() == target.resolve() for h in own):
+        return
+    handler = logging.FileHandler(target, mode="a")
+    if own:
+        handler.setFormatter(own[0].formatter)
+    root.addHandler(handler)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command line that resumes `run_dir`: this one's overrides plus `resume=<run_dir>` (its own Hydra
+    folder is new: `hydra.run.dir` pointing at the run would overwrite the run's saved config)."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
+    try:
+        run_dir = run_dir.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return shlex.join(["vlmlab-train", *overrides, f"resume={run_dir}"])
+
+
 def train(cfg: DictConfig) -> float | None:
     """Everything `vlmlab-train` does after Hydra composed `cfg`; returns `cfg.optimized_metric`'s value."""
-    validate_config(cfg)
-    stage_specs(cfg)  # every stage is checked before any weight loads
-    metrics = run_curriculum(cfg)
+    check_before_training(cfg)  # before any weight loads and any MLflow run starts
+    run_dir = find_run_to_resume(cfg) if cfg.get("resume") else Path(cfg.paths.output_dir)
+    log_lightning_to_run_log()
+    if cfg.get("resume"):
+        log_into_resumed_run(run_dir)
+    try:
+        metrics = run_curriculum(cfg)
+    except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1)
+        if not isinstance(err, SystemExit) or err.code not in (0, None):
+            print(
+                f"\nvlmlab-train: interrupted; resume where it stopped:\n  {resume_command(run_dir)}", file=sys.stderr
+            )
+        raise
     if cfg.get("optimized_metric"):
         if cfg.optimized_metric not in metrics:
-            raise KeyError(f"optimized_metric '{cfg.optimized_metric}' was not produced; available: {sorted(metrics)}")
+            raise UsageError(
+                f"optimized_metric '{cfg.optimized_metric}' was not produced; available: {sorted(metrics)}"
+            )
         return metrics[cfg.optimized_metric]
     return None
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
-
+main = hydra_command("vlmlab-train", "train", train)
 
 if __name__ == "__main__":
     main()

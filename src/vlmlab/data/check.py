@@ -86,15 +86,39 @@ def check_split(
     return report
 
 
+def splits_to_check(
+    sources: dict[str, Any], splits: Iterable[str] = ("train", "val", "test"), only: Iterable[str] | None = None
+) -> list[tuple[str, str]]:
+    """(source, split) pairs: every configured split of the sources (`only` these, when given)."""
+    names = list(only) if only else list(sources)
+    return [(name, split) for name in names for split in splits if sources[name].get(split) is not None]
+
+
 def check_datamodule(
-    datamodule: VLMDataModule, splits: Iterable[str] = ("train", "val", "test"), limit: int | None = None
+    datamodule: VLMDataModule, pairs: Iterable[tuple[str, str]], limit: int | None = None
 ) -> list[SplitReport]:
-    return [
-        check_split(datamodule, name, split, limit)
-        for name, source in datamodule.sources.items()
-        for split in splits
-        if source.get(split) is not None
-    ]
+    return [check_split(datamodule, name, split, limit) for name, split in pairs]
+
+
+def report_dict(reports: list[SplitReport], max_length: int) -> dict[str, Any]:
+    """The report as data (`vlmlab-data check --json`): per split, counts, problems by reason with every
+    id, and the token-length percentiles."""
+    return {
+        "max_length": max_length,
+        "splits": [
+            {
+                "source": r.source,
+                "split": r.split,
+                "records": r.records,
+                "images_referenced": r.images_referenced,
+                "images_found": r.images_found,
+                "problems": {reason: list(ids) for reason, ids in r.problems.items()},
+                "num_problems": r.num_problems,
+                "token_length_percentiles": {f"p{p}": v for p, v in r.length_percentiles().items()},
+            }
+            for r in reports
+        ],
+    }
 
 
 def print_report(reports: list[SplitReport], max_length: int, console: Console | None = None) -> None:

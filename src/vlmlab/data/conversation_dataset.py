@@ -39,7 +39,7 @@ class ConversationDataset(Dataset):
     `on_bad_record="skip"` turns a record that cannot become a sample into a logged marker
     `{"skipped": reason, "id", "message"}` that `collate` drops and counts; `"raise"` stops with the record named.
     With `features` (a frozen encoder's `FeatureStore`), samples carry the stored `image_features` instead
-    of `pixel_values`: no image is read.
+    of `pixel_values`: no image is read. `origin` (the file the records come from) is named in errors.
     """
 
     def __init__(
@@ -53,8 +53,10 @@ class ConversationDataset(Dataset):
         blank_images: bool = False,
         on_bad_record: BadRecordPolicy = "raise",
         features: FeatureStore | None = None,
+        origin: str | None = None,
     ) -> None:
         self.records = records
+        self.origin = origin
         self.formatter = formatter
         self.image_processor = image_processor
         self.task = task
@@ -79,6 +81,7 @@ class ConversationDataset(Dataset):
             self.blank_images,
             self.on_bad_record,
             features,
+            self.origin,
         )
 
     def load_image(self, image: str | dict[str, Any]) -> torch.Tensor:
@@ -127,7 +130,8 @@ class ConversationDataset(Dataset):
             return {**self.encode(record, index), "index": index}
         except SampleError as err:
             record_id = record.get("id", f"#{index}") if isinstance(record, dict) else f"#{index}"
-            message = f"source '{self.source}', record {record_id!r}: {err}"
+            where = f"source '{self.source}'" + (f" ({self.origin})" if self.origin else "")
+            message = f"{where}, record {record_id!r}: {err}"
             if self.on_bad_record == "skip":
                 log.warning("skipping a bad record (%s) - %s", err.reason, message)
                 return {"skipped": err.reason, "id": record_id, "message": message}

@@ -7,6 +7,7 @@ and metric, so a captioning, VQA or DocVQA data module is this class with one so
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -18,7 +19,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import BadRecordPolicy, ConversationDataset, collate
 from vlmlab.data.feature_cache import feature_store
-from vlmlab.data.formats import HFRecords, Record, read_split
+from vlmlab.data.formats import HFRecords, Record, read_split, split_origin
 from vlmlab.data.image_processing import ImageProcessor
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
@@ -41,6 +42,17 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.resume_at(state["epoch"], state["batches"])
+
+
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    """`data.num_workers: null`: one loader worker per CPU this process may use, at most 8 (PyTorch warns
+    when a loader starts more workers than there are CPUs)."""
+    return min(
+        MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
 
 
 class VLMDataModule(L.LightningDataModule):
@@ -135,7 +147,7 @@ class VLMDataModule(L.LightningDataModule):
             micro_batch_size=micro_batch_size,
             batch_size=batch_size,
             eval_batch_size=data_cfg.eval_batch_size,
-            num_workers=data_cfg.num_workers,
+            num_workers=default_num_workers() if data_cfg.num_workers is None else data_cfg.num_workers,
             seed=seed,
             root=data_cfg.get("root"),
             synthetic=None if synthetic is None else OmegaConf.to_container(synthetic, resolve=True),
@@ -173,6 +185,7 @@ class VLMDataModule(L.LightningDataModule):
             prompt_only=prompt_only,
             blank_images=blank_images,
             on_bad_record=self.on_bad_record,
+            origin=split_origin(source, self.sources[source], split),
         )
         if cached:
             trainer = self.trainer

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmlab.errors import UsageError
+
 Record = dict[str, Any]
 
 FORMATS = ("llava", "coco_captions", "vqav2", "docvqa", "hf")
@@ -40,7 +42,7 @@ def read_json(path: str | Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{what} file {path} is not valid JSON ({err}); re-download or fix the file") from err
+        raise UsageError(f"{what} file {path} is not valid JSON ({err}); re-download or fix the file") from err
 
 
 def _field(container: Any, key: str, path: Path, fmt: str) -> Any:
@@ -117,8 +119,14 @@ def read_vqav2(split: dict[str, Any], name: str, prompt: str | None) -> list[Rec
     records = []
     for question in questions:
         qid = question.get("question_id")
-        if "image_id" not in question or not isinstance(question.get("question"), str):
-            records.append(bad_record(qid, "malformed", "a VQAv2 question needs 'image_id' and 'question'"))
+        missing = [k for k in ("image_id", "question") if question.get(k) is None]
+        if missing or not isinstance(question["question"], str):
+            what = (
+                f"has no {' and no '.join(repr(k) for k in missing)}"
+                if missing
+                else "has a 'question' that is not text"
+            )
+            records.append(bad_record(qid, "malformed", f"the VQAv2 question {what}"))
             continue
         annotation = annotations.get(qid)
         if annotations and annotation is None:
@@ -144,8 +152,10 @@ def read_docvqa(split: dict[str, Any], name: str, prompt: str | None) -> list[Re
     records = []
     for entry in _field(read_json(path, "DocVQA"), "data", path, "DocVQA"):
         qid = entry.get("questionId")
-        if not isinstance(entry.get("image"), str) or not isinstance(entry.get("question"), str):
-            records.append(bad_record(qid, "malformed", "a DocVQA entry needs 'image' and 'question'"))
+        wrong = [k for k in ("image", "question") if not isinstance(entry.get(k), str)]
+        if wrong:
+            fields = " and ".join(f"'{k}'" for k in wrong)
+            records.append(bad_record(qid, "malformed", f"the DocVQA entry has no {fields} (a string is needed)"))
             continue
         answers = entry.get("answers") or []
         records.append(
@@ -281,6 +291,33 @@ def split_spec(source_name: str, source: dict[str, Any], split: str) -> dict[str
     if fmt != "llava" and not (value.get("columns") or {}).get("conversations") and not source.get("prompt"):
         raise ValueError(f"data source '{source_name}' ({fmt}) needs a `prompt` template to turn questions into turns")
     return value
+
+
+def split_origin(source_name: str, source: dict[str, Any], split: str) -> str | None:
+    """The file a split's records come from (its format's first key: file, annotations, questions, path),
+    named in the messages about its records."""
+    spec = split_spec(source_name, source, split)
+    if spec is None:
+        return None
+    return str(spec[next(iter(SPLIT_KEYS[source.get("format", "llava")]))])
+
+
+def missing_paths(source_name: str, source: dict[str, Any], split: str) -> list[str]:
+    """The split's files and image folders that do not exist, each as `<source>.<split>.<key>=<path>`:
+    found before anything is built (the readers would find them only when the data loads)."""
+    spec = split_spec(source_name, source, split)
+    if spec is None:
+        return []
+    missing = []
+    for key, required in SPLIT_KEYS[source.get("format", "llava")].items():
+        value = spec.get(key)
+        if key in ("split", "columns") or not value or any(c in str(value) for c in "*?["):
+            continue
+        if key == "images" and not required:  # a LLaVA file's image folder: its records may hold no image
+            continue
+        if not Path(str(value)).exists():
+            missing.append(f"{source_name}.{split}.{key}={value}")
+    return missing
 
 
 def read_split(source_name: str, source: dict[str, Any], split: str) -> Sequence[Record]:

@@ -220,7 +220,9 @@ def write_synthetic_dataset(root: str | Path, config: SynthConfig = SynthConfig(
                 records.append({"id": record_id, "image": relative, **record})
                 if text is not None:  # the receipt's printed lines: an image-text pair for pretraining
                     pair = _conversation([(TRANSCRIBE, text)])
-                    texts.append({"id": f"{record_id}-text", "image": relative, "task": "caption", "conversations": pair})
+                    texts.append(
+                        {"id": f"{record_id}-text", "image": relative, "task": "caption", "conversations": pair}
+                    )
             (root / task).mkdir(exist_ok=True)
             (root / task / f"{split}.json").write_text(json.dumps(records, indent=1))
             if texts:

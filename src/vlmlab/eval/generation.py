@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ from torch.utils.data import DataLoader
 
 from vlmlab.eval.metrics import score_predictions
 from vlmlab.models.vlm import VisionLanguageModel
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -26,6 +29,8 @@ def generate_answers(
     was_training = model.training
     model.eval()
     rows = []
+    if progress:
+        log.info("%s: %d prompts", description, len(loader.dataset))
     for batch in track(loader, description=description, transient=True, disable=not progress):
         if "input_ids" not in batch:  # every record of the batch was skipped (and logged)
             continue

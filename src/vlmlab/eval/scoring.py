@@ -6,6 +6,7 @@ benchmark's submission format, and each sample's own scores."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.eval.generation import evaluate_with_blind_baseline
 from vlmlab.eval.submission import submission
 from vlmlab.models.vlm import VisionLanguageModel
+
+log = logging.getLogger(__name__)
 
 
 def source_metrics(data_cfg: DictConfig, source: str) -> list[str]:
@@ -40,6 +43,7 @@ def print_results(
             blind = metrics.get(f"{split}/{source}/blind_{key}")
             score = metrics[f"{split}/{source}/{key}"]
             table.add_row(source, key, f"{score:.3f}", "" if blind is None else f"{blind:.3f}")
+            log.info("%s %s %s: %.4f%s", split, source, key, score, "" if blind is None else f" (blind {blind:.4f})")
     (console or Console()).print(table)
 
 

@@ -59,12 +59,15 @@ def load_model(
     model_source: str = "auto",
     image_resize: ResizeMode | None = None,
     model_choices_given: bool = False,
+    chat_template: str | None = None,
 ) -> LoadedModel:
     """Build the model `checkpoint` was trained as and load its weights.
 
     `model_source="auto"` takes the model config from the checkpoint's folder or run when they hold one
     (an error if `model_choices_given`: the command line's model/* choices would silently not apply),
     else `model_cfg`; `"groups"` always builds `model_cfg`. `image_resize` overrides the training run's.
+    `chat_template` is for a Hugging Face LLaVA folder whose processor and tokenizer have none (a vlmlab
+    checkpoint keeps the template it trained with).
     """
     if model_source not in MODEL_SOURCES:
         raise ValueError(f"model_source={model_source!r} is not one of {', '.join(MODEL_SOURCES)}")
@@ -72,8 +75,12 @@ def load_model(
         raise ValueError(f"image_resize={image_resize!r} is not one of {', '.join(get_args(ResizeMode))}")
     path = Path(checkpoint)
     if is_hf_llava_folder(path):
-        model, config, mode = vlm_from_hf_llava(path)
+        model, config, mode = vlm_from_hf_llava(path, chat_template)
         return LoadedModel(model, config, image_resize or mode, f"{path / 'config.json'} (Hugging Face LLaVA)", path)
+    if chat_template is not None:
+        raise ValueError(
+            f"chat_template= applies to Hugging Face LLaVA folders; {checkpoint} keeps the template it trained with"
+        )
     weights = weights_path(path)
     described = saved_description(weights) if model_source == "auto" else None
     if described is not None and model_choices_given:

@@ -159,6 +159,24 @@ def _config_fields(config: Any) -> dict[str, Any]:
     return fields
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_processor_files(folder: Path) -> None:
+    """A LLaVA folder carries its image processor and tokenizer (`processor.save_pretrained(folder)`); name
+    what is missing before transformers fails on it with a message about the hub."""
+    missing = []
+    if not (folder / "preprocessor_config.json").is_file() and not (folder / "processor_config.json").is_file():
+        missing.append("an image processor (preprocessor_config.json)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"a tokenizer ({' or '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise ValueError(
+            f"{folder} lacks {' and '.join(missing)}; save them beside the model with "
+            "AutoProcessor.from_pretrained(<the original>).save_pretrained(folder)"
+        )
+
+
 def llava_model_config(folder: str | Path, chat_template: str | None = None) -> tuple[dict[str, Any], ResizeMode]:
     """The vlmlab model config (encoder, connector, llm) of a LLaVA folder, and its resize mode.
 
@@ -178,9 +196,15 @@ def llava_model_config(folder: str | Path, chat_template: str | None = None) -> 
         problems.append("it drops the first patch of a SigLIP tower (vision_feature_select_strategy=default)")
     if problems:
         raise ValueError(f"the LLaVA checkpoint in {folder} does not fit vlmlab's model: {'; '.join(problems)}")
+    check_processor_files(folder)
     processor = AutoProcessor.from_pretrained(str(folder))
     images, tokenizer = processor.image_processor, processor.tokenizer
     template = chat_template or processor.chat_template or tokenizer.chat_template
+    if template is None:
+        raise ValueError(
+            f"{folder}: neither its processor nor its tokenizer has a chat template; give one with "
+            "chat_template=<a name (vicuna_v1 for LLaVA-1.5, simple) or a Jinja string>"
+        )
     model_cfg = {
         "encoder": {
             "_target_": "vlmlab.models.encoders.HFVisionEncoder",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from vlmlab.models.component_check import check_model_components
 from vlmlab.models.connectors.base import Connector
 from vlmlab.models.encoders.base import VisionEncoder
 from vlmlab.models.llms.language_model import LanguageModel
@@ -34,6 +35,7 @@ def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, l
 
 def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:
     """Instantiate encoder and LLM, then the connector between them (its YAML sets `_partial_: true`)."""
+    check_model_components(model_cfg)
     log.info("encoder: %s", model_cfg.encoder._target_)
     encoder = instantiate(model_cfg.encoder)
     log.info("llm: %s", model_cfg.llm._target_)

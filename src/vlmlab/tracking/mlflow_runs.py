@@ -7,6 +7,7 @@ and, for a stage, its name. The store is whatever `tracking_uri` says (by defaul
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 MAX_PARAM_LENGTH = 250  # MLflow's limit for a param value
 
 
+COMMIT_ENV = "VLMLAB_GIT_COMMIT"  # set in the Docker image at build time (it holds no .git and no git)
+
+
 def git_commit(directory: str | Path = ".") -> str | None:
+    """The commit of the code that runs: $VLMLAB_GIT_COMMIT when set, else `git rev-parse HEAD` in
+    `directory` (None outside a checkout or without git)."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True, timeout=10

@@ -22,7 +22,7 @@ from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import load_weights
 from vlmlab.training.distributed import global_rank
-from vlmlab.training.run_record import STATE_FILE, load_state, stages_to_run, write_state
+from vlmlab.training.run_record import STATE_FILE, load_state, resolve_record_path, stages_to_run, write_state
 from vlmlab.training.stage import stage_specs
 from vlmlab.training.stage_runner import run_stage
 
@@ -49,7 +49,9 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
         print(f"The curriculum in {run_dir} is finished: nothing to resume (its results: {results})")
         return json.loads(results.read_text()) if results.is_file() else {}
     done = [s for s in specs if state["stages"].get(s.name, {}).get("status") == "done"]
-    init_from: str | None = state["stages"][done[-1].name]["weights"] if done else cfg.get("init_from")
+    init_from = (
+        resolve_record_path(state["stages"][done[-1].name]["weights"], run_dir) if done else cfg.get("init_from")
+    )
     model = build_vlm(cfg.model)
     if init_from:
         init_from = str(load_weights(model, init_from))

@@ -2,7 +2,8 @@
 
 The record names each stage's status, MLflow run and saved weights, and the parent MLflow run. It is
 replaced atomically, so a run killed at any point leaves a readable record; a resumed run reads it to
-skip finished stages and continue the interrupted one.
+skip finished stages and continue the interrupted one. Paths inside the run folder are recorded relative
+to it, so a copied or moved run folder resumes (`record_path` / `resolve_record_path`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vlmlab.errors import UsageError
 from vlmlab.training.stage import StageSpec
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ def find_run_to_resume(cfg: DictConfig) -> Path:
     if cfg.resume is not True:
         run_dir = Path(str(cfg.resume))
         if not (run_dir / STATE_FILE).is_file():
-            raise FileNotFoundError(f"resume={cfg.resume}: no {STATE_FILE} there; give the run folder to resume")
+            raise UsageError(f"resume={cfg.resume}: no {STATE_FILE} there; give the run folder to resume")
         return run_dir
     candidates = []
     for state_file in (Path(cfg.paths.root_dir) / "outputs").glob(f"**/{STATE_FILE}"):
@@ -38,11 +40,24 @@ def find_run_to_resume(cfg: DictConfig) -> Path:
         if same and not state.get("finished"):
             candidates.append(state_file)
     if not candidates:
-        raise FileNotFoundError(
+        raise UsageError(
             f"resume=true: no unfinished run of experiment '{cfg.experiment_name}' / run '{cfg.run_name}' under "
             f"{Path(cfg.paths.root_dir) / 'outputs'}; give the run folder: resume=outputs/<date>/<time>"
         )
     return max(candidates, key=lambda f: f.stat().st_mtime).parent
+
+
+def record_path(path: str | Path, run_dir: Path) -> str:
+    """`path` as the record stores it: relative to the run folder when inside it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def resolve_record_path(value: str, run_dir: Path) -> str:
+    """A recorded path as a usable one: relative ones are inside the run folder, wherever it now is."""
+    return value if Path(value).is_absolute() else str(run_dir / value)
 
 
 def write_state(state_file: Path, state: dict[str, Any]) -> None:
@@ -69,7 +84,7 @@ def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
             differ.append(key)
     if differ:
         overrides = run_dir / ".hydra" / "overrides.yaml"
-        raise ValueError(
+        raise UsageError(
             f"resume: this command's {', '.join(differ)} config differs from the run in {run_dir}; resume with "
             f"the overrides it was started with (listed in {overrides}) plus resume=..."
         )
@@ -94,9 +109,9 @@ def stages_to_run(cfg: DictConfig, specs: list[StageSpec]) -> list[StageSpec]:
     if start is None:
         return specs
     if start not in names:
-        raise ValueError(f"curriculum.start_stage={start!r} is not a stage of this curriculum ({', '.join(names)})")
+        raise UsageError(f"curriculum.start_stage={start!r} is not a stage of this curriculum ({', '.join(names)})")
     if names.index(start) > 0 and not cfg.get("init_from"):
-        raise ValueError(
+        raise UsageError(
             f"curriculum.start_stage={start} skips earlier stages: say which weights to start from with "
             "init_from=<run>/stages/<stage> (or a model.safetensors)"
         )

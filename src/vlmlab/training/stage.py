@@ -8,6 +8,7 @@ from typing import Any, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
+from vlmlab.errors import UsageError, check_types
 from vlmlab.models.loss import LossImpl
 
 PARTS = ("encoder", "connector", "llm")
@@ -25,7 +26,7 @@ class StageSpec:
     name: str
     mixture: str
     train: dict[str, str]
-    lr: dict[str, float]
+    lr: dict[str, float | None]  # per part (and `text`); null for a frozen part
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     max_steps: int = -1
@@ -46,14 +47,12 @@ class StageSpec:
 
     @classmethod
     def from_config(cls, name: str, cfg: DictConfig, mixtures: dict[str, dict[str, float]]) -> StageSpec:
-        fields = OmegaConf.to_container(cfg, resolve=True)
-        if not isinstance(fields, dict):
-            raise ValueError(f"curriculum stage '{name}' must be a mapping, got {fields!r}")
-        known = set(cls.__dataclass_fields__) - {"name"}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"stage '{name}' has unknown fields {unknown}; valid fields: {sorted(known)}")
-        spec = cls(name=name, **fields)
+        if not isinstance(cfg, DictConfig):
+            raise UsageError(f"curriculum stage '{name}' must be a mapping, got {cfg!r}")
+        check_types(
+            cfg, cls, f"curriculum.stages.{name}", exclude=("name",)
+        )  # types and field names, before any value is used
+        spec = cls(name=name, **OmegaConf.to_container(cfg, resolve=True))
         spec.validate(mixtures)
         return spec
 
@@ -62,67 +61,67 @@ class StageSpec:
         for part in PARTS:
             mode = self.train.get(part)
             if mode not in TRAIN_MODES:
-                raise ValueError(f"{where}: train.{part}={mode!r} is not one of {', '.join(TRAIN_MODES)}")
+                raise UsageError(f"{where}: train.{part}={mode!r} is not one of {', '.join(TRAIN_MODES)}")
             if mode != "frozen" and not self.lr.get(part):
-                raise ValueError(f"{where}: {part} trains ({mode}) but lr.{part} is not set")
+                raise UsageError(f"{where}: {part} trains ({mode}) but lr.{part} is not set")
             if mode == "lora":
                 self._validate_lora(part)
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"{where}: objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+            raise UsageError(f"{where}: objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.objective == "contrastive":
             self._validate_contrastive()
         elif all(self.train[p] == "frozen" for p in PARTS):
-            raise ValueError(f"{where}: every part is frozen, nothing would train")
+            raise UsageError(f"{where}: every part is frozen, nothing would train")
         if self.mixture not in mixtures:
-            raise ValueError(
+            raise UsageError(
                 f"{where}: mixture '{self.mixture}' is not in data.mixtures ({', '.join(mixtures) or 'none'}); "
                 "name one of them or add it to the data config"
             )
         if self.max_steps <= 0 and self.max_epochs <= 0:
-            raise ValueError(f"{where}: set max_steps or max_epochs to a positive number")
+            raise UsageError(f"{where}: set max_steps or max_epochs to a positive number")
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(
+            raise UsageError(
                 f"{where}: batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}"
             )
         if self.loss not in LOSSES:
-            raise ValueError(f"{where}: loss={self.loss!r} is not one of {', '.join(LOSSES)}")
+            raise UsageError(f"{where}: loss={self.loss!r} is not one of {', '.join(LOSSES)}")
         if self.loss_chunk_size <= 0:
-            raise ValueError(
+            raise UsageError(
                 f"{where}: loss_chunk_size must be a positive number of positions, got {self.loss_chunk_size}"
             )
         if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            raise UsageError(f"{where}: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
     def _validate_contrastive(self) -> None:
         where = f"curriculum stage '{self.name}' (objective: contrastive)"
         if self.contrastive_loss not in CONTRASTIVE_LOSSES:
-            raise ValueError(f"{where}: contrastive_loss={self.contrastive_loss!r} is not one of siglip, clip")
+            raise UsageError(f"{where}: contrastive_loss={self.contrastive_loss!r} is not one of siglip, clip")
         unused = [p for p in ("connector", "llm") if self.train[p] != "frozen"]
         if unused:
-            raise ValueError(
+            raise UsageError(
                 f"{where}: the {' and '.join(unused)} take no part in the contrastive loss; "
                 f"set train.{unused[0]}=frozen"
             )
         if not self.lr.get("text"):
-            raise ValueError(f"{where}: the text tower and projection heads train: set lr.text")
+            raise UsageError(f"{where}: the text tower and projection heads train: set lr.text")
         if self.contrastive_dim <= 0:
-            raise ValueError(f"{where}: contrastive_dim must be positive, got {self.contrastive_dim}")
+            raise UsageError(f"{where}: contrastive_dim must be positive, got {self.contrastive_dim}")
 
     def _validate_lora(self, part: str) -> None:
         where = f"curriculum stage '{self.name}'"
         if part not in LORA_PARTS:
-            raise ValueError(f"{where}: train.{part}=lora is not supported (only {', '.join(LORA_PARTS)}); use full")
+            raise UsageError(f"{where}: train.{part}=lora is not supported (only {', '.join(LORA_PARTS)}); use full")
         missing = [k for k in ("r", "alpha", "dropout") if (self.lora or {}).get(k) is None]
         if missing:
-            raise ValueError(f"{where}: train.{part}=lora needs lora.{', lora.'.join(missing)} (see conf/stage/)")
+            raise UsageError(f"{where}: train.{part}=lora needs lora.{', lora.'.join(missing)} (see conf/stage/)")
         if not (self.lora.get("target_modules") or {}).get(part):
-            raise ValueError(f"{where}: train.{part}=lora needs lora.target_modules.{part}: module names or all-linear")
+            raise UsageError(f"{where}: train.{part}=lora needs lora.target_modules.{part}: module names or all-linear")
 
     def accumulation(self, world_size: int) -> int:
         """Gradient accumulation steps that make `batch_size` the global batch on `world_size` processes."""
         per_step = self.micro_batch_size * world_size
         if self.batch_size % per_step:
-            raise ValueError(
+            raise UsageError(
                 f"stage '{self.name}': global batch_size={self.batch_size} is not divisible by "
                 f"micro_batch_size={self.micro_batch_size} x {world_size} processes"
             )
@@ -134,7 +133,7 @@ def stage_specs(cfg: DictConfig) -> list[StageSpec]:
     mixtures = OmegaConf.to_container(cfg.data.get("mixtures") or {}, resolve=True)
     stages = cfg.curriculum.stages
     if not stages:
-        raise ValueError("curriculum.stages is empty: choose a curriculum (e.g. curriculum=llava) or add a stage")
+        raise UsageError("curriculum.stages is empty: choose a curriculum (e.g. curriculum=llava) or add a stage")
     return [StageSpec.from_config(name, stage, mixtures) for name, stage in stages.items()]
 
 

@@ -19,7 +19,7 @@ from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, load_weights, s
 from vlmlab.training.distributed import build_strategy, is_sharded
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.objectives import build_objective
-from vlmlab.training.run_record import STATE_FILE, write_state
+from vlmlab.training.run_record import STATE_FILE, record_path, write_state
 from vlmlab.training.stage import StageSpec, mixture_weights
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def run_stage(
         if "run_id" not in record:
             tracker.log_config(logger.run_id, cfg)
         record["run_id"] = logger.run_id
-    record.update(status="running", init_from=init_from or "config")
+    record.update(status="running", init_from=record_path(init_from, run_dir) if init_from else "config")
     if main:
         write_state(run_dir / STATE_FILE, state)
         model.llm.tokenizer.save_pretrained(str(stage_dir / "tokenizer"))  # for its checkpoints too
@@ -146,7 +146,7 @@ def run_stage(
     metrics = {f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()}
     trained = save_stage_weights(cfg, spec, trainer, module, stage_dir)
     weights = str(stage_dir / WEIGHTS_FILE)
-    record.update(status="done", weights=weights, global_step=trainer.global_step)
+    record.update(status="done", weights=record_path(weights, run_dir), global_step=trainer.global_step)
     if main:
         write_state(run_dir / STATE_FILE, state)
     if is_sharded(trainer.strategy):  # the trained model is sharded: continue from the saved file

@@ -65,19 +65,20 @@ class LanguageModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str,
+        pretrained: str,
         tokenizer: str | PreTrainedTokenizerBase | None = None,
         chat_template: str | None = None,
         image_token: str = DEFAULT_IMAGE_TOKEN,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
     ) -> LanguageModel:
-        """Load weights and tokenizer from a hub id or a local folder."""
+        """Load weights and tokenizer from a hub id or a local folder (`pretrained`, the field name that every
+        model preset uses for this)."""
         model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+            pretrained, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
         )
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained)
         return cls(model, tokenizer, chat_template=chat_template, image_token=image_token)
 
     @classmethod

@@ -1,0 +1,46 @@
+"""Typed schemas of the `data` config: each field's type, checked before anything loads (see
+`vlmlab.errors.check_types`). The meaning of each field is documented in conf/data/loading/default.yaml
+and conf/data/source/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FeatureCacheSchema:
+    enabled: bool = False
+    dir: str | None = None
+    dtype: str = "float32"
+    batch_size: int = 64
+
+
+@dataclass
+class SourceSchema:
+    task: str = "caption"
+    format: str = "llava"
+    metrics: list[str] = field(default_factory=list)
+    prompt: str | None = None
+    image_root: str | None = None
+    train: Any = None
+    val: Any = None
+    test: Any = None
+
+
+@dataclass
+class DataSchema:
+    sources: dict[str, Any] = field(default_factory=dict)
+    mixtures: dict[str, dict[str, Any]] = field(default_factory=dict)  # weights: checked to be positive numbers
+    root: str | None = None
+    synthetic: dict[str, int] | None = None
+    on_bad_record: str = "skip"
+    max_length: int = 2048
+    image_resize: str = "letterbox"
+    group_by_length: bool = True
+    length_group_batches: int = 50
+    packing: bool = False
+    pack_length: int | None = None
+    feature_cache: FeatureCacheSchema = field(default_factory=FeatureCacheSchema)
+    num_workers: int | None = None
+    eval_batch_size: int = 16

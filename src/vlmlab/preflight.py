@@ -1,0 +1,97 @@
+"""Everything about a command line that can be checked before the model is built and before any MLflow
+run is created: the config's shape and types, the files and folders it names, where the weights come from
+and the connector's contract. Each problem is a `UsageError` whose message names the field and the fix, so
+that a mistake costs seconds, not the minutes a 7B model takes to load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vlmlab.config import validate_config
+from vlmlab.data.formats import missing_paths
+from vlmlab.errors import UsageError
+from vlmlab.models.component_check import check_model_components
+from vlmlab.models.hub import check_component_weights
+from vlmlab.training.run_record import find_run_to_resume, stages_to_run
+from vlmlab.training.stage import StageSpec, mixture_weights, stage_specs
+
+# lightning.Trainer arguments that each stage sets itself: in `trainer` they would be silently replaced.
+STAGE_SETS = {
+    "max_steps": "max_steps",
+    "max_epochs": "max_epochs",
+    "precision": "precision",
+    "gradient_clip_val": "gradient_clip_val",
+    "accumulate_grad_batches": "batch_size (global) and micro_batch_size",
+    "val_check_interval": "val_check_interval",
+}
+ELSEWHERE = {"strategy": "the strategy group (strategy=ddp)", "logger": "the logger group", "callbacks": "callbacks"}
+SHOWN = 5
+
+
+def check_trainer_keys(cfg: DictConfig) -> None:
+    """Refuse `trainer.<key>` settings that would have no effect, naming the field that does."""
+    stages = ", ".join(cfg.curriculum.stages)
+    for key in cfg.trainer:
+        if key in STAGE_SETS:
+            raise UsageError(
+                f"trainer.{key} has no effect: each stage sets its own. Set "
+                f"curriculum.stages.<stage>.{STAGE_SETS[key]} (stages: {stages})"
+            )
+        if key in ELSEWHERE:
+            raise UsageError(f"trainer.{key} has no effect here; use {ELSEWHERE[key]}")
+
+
+def check_model_weights(model_cfg: DictConfig) -> None:
+    """Each part's weights are a folder that exists, a cached hub model or one the hub serves now."""
+    for part in ("encoder", "llm", "text_tower"):
+        check_component_weights(model_cfg.get(part), f"model.{part}")
+
+
+def data_splits_used(cfg: DictConfig, specs: list[StageSpec]) -> list[tuple[str, str]]:
+    """(source, split) pairs the run reads: each stage's mixture (train, and val where configured) and,
+    when the test evaluation is on, the test splits."""
+    used = []
+    for spec in specs:
+        for source in mixture_weights(cfg, spec):
+            used += [(source, "train"), (source, "val")]
+    if cfg.get("eval") and cfg.eval.get("enabled"):
+        used += [(source, "test") for source in cfg.data.sources]
+    return list(dict.fromkeys(used))
+
+
+def check_data_files(cfg: DictConfig, splits: list[tuple[str, str]]) -> None:
+    """The files and image folders of the splits exist (unless the synthetic generator writes them)."""
+    if cfg.data.get("synthetic") is not None:
+        return
+    sources = OmegaConf.to_container(cfg.data.sources, resolve=True)
+    missing = [path for source, split in splits for path in missing_paths(source, sources[source], split)]
+    if missing:
+        more = f" (+{len(missing) - SHOWN} more)" if len(missing) > SHOWN else ""
+        raise UsageError(
+            f"data files not found: {'; '.join(missing[:SHOWN])}{more}. Check data.root "
+            f"(now {cfg.data.get('root')}) or the sources' paths in the data config"
+        )
+
+
+def check_weights_file(value: str | None, field: str) -> None:
+    """`init_from` / `checkpoint`: a stage folder, a model folder or a weights file that exists."""
+    if value and not Path(str(value)).exists():
+        raise UsageError(f"{field}={value}: no such file or folder; give a stage folder <run>/stages/<stage>")
+
+
+def check_before_training(cfg: DictConfig) -> list[StageSpec]:
+    """`vlmlab-train`'s checks, in the order a user would fix them; returns the checked stages."""
+    validate_config(cfg)
+    specs = stage_specs(cfg)
+    stages_to_run(cfg, specs)
+    check_trainer_keys(cfg)
+    if cfg.get("resume"):
+        find_run_to_resume(cfg)
+    check_weights_file(cfg.get("init_from"), "init_from")
+    check_data_files(cfg, data_splits_used(cfg, specs))
+    check_model_components(cfg.model)
+    check_model_weights(cfg.model)
+    return specs

@@ -1,0 +1,132 @@
+"""The command line as a newcomer meets it: each mistake is one line on stderr that names the field or file and
+the fix, exit code 2, found before the model is built and before any MLflow run or run folder is created."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST_OVERRIDES
+
+BIN = Path(sys.executable).parent
+USAGE_ERROR = 2
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+
+
+def assert_usage_error(result: subprocess.CompletedProcess, command: str, *fragments: str) -> None:
+    """One line on stderr from `command` (after library warnings, if any), no traceback, exit code 2."""
+    assert result.returncode == USAGE_ERROR, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    ours = [line for line in result.stderr.splitlines() if line.startswith(f"{command}: ")]
+    assert len(ours) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in ours[0], ours[0]
+
+
+def assert_nothing_started(workdir: Path) -> None:
+    assert not (workdir / "mlflow.db").exists()  # no MLflow run was created
+    assert not (workdir / "outputs").exists() or not any((workdir / "outputs").iterdir())  # no empty run folder
+
+
+def train(
+    workdir: Path, *overrides: str, env: dict[str, str] | None = None, fast: bool = True
+) -> subprocess.CompletedProcess:
+    """`vlmlab-train` with the overrides (after the tiny-model ones unless `fast=False`: a mistake must be found
+    before anything is built, whatever the model and data)."""
+    return run([str(BIN / "vlmlab-train"), *(FAST_OVERRIDES if fast else []), *overrides], workdir, env)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (
+            ["curriculum.stages.instruct.max_steps=abc"],
+            ["curriculum.stages.instruct.max_steps", "could not be converted to Integer", "takes int"],
+        ),
+        (["+trainer.max_steps=100"], ["trainer.max_steps has no effect", "curriculum.stages.<stage>.max_steps"]),
+        (["data.max_length=long"], ["data.max_length", "takes int"]),
+        (["+data.sources.vqa.question_file=x"], ["data.sources.vqa has unknown field(s) ['question_file']"]),
+        (["model.connector.depth=two"], ["model.connector.depth='two' is not of the type", "int"]),
+        (["+model.encoder.patch=8"], ["model.encoder.patch is not an option of", "model_name"]),
+        (["model.llm=qwen2_5_0_5b_instruct"], ["write model/llm=NAME (with a slash)"]),
+        (["init_from=nowhere/stages/align"], ["init_from=nowhere/stages/align: no such file or folder"]),
+        (["resume=outputs/nowhere"], ["resume=outputs/nowhere: no curriculum_state.json there"]),
+    ],
+    ids=[
+        "stage-type",
+        "trainer-key",
+        "data-type",
+        "source-key",
+        "connector-type",
+        "encoder-key",
+        "dot",
+        "init",
+        "resume",
+    ],
+)
+def test_config_mistakes_are_one_line_before_anything_starts(
+    tmp_path: Path, synth_root: Path, overrides: list[str], fragments: list[str]
+) -> None:
+    result = train(tmp_path, f"data.root={synth_root}", *overrides)
+    assert_usage_error(result, "vlmlab-train", *fragments)
+    assert_nothing_started(tmp_path)
+    assert "vlmlab.models.builder" not in result.stdout + result.stderr  # the model was not built
+
+
+def test_hydra_composition_errors_exit_with_the_usage_code(tmp_path: Path) -> None:
+    result = run([str(BIN / "vlmlab-train"), "model/encoder=tiny_vitt"], tmp_path)
+    assert result.returncode == USAGE_ERROR
+    assert "Could not find 'model/encoder/tiny_vitt'" in result.stderr and "tiny_vit" in result.stderr
+    assert_nothing_started(tmp_path)
+
+
+def test_missing_data_is_found_before_the_model_is_built(tmp_path: Path) -> None:
+    result = train(tmp_path, "data=vqav2", f"data.root={tmp_path / 'datasets'}", fast=False)
+    assert_usage_error(
+        result,
+        "vlmlab-train",
+        f"vqav2.train.questions={tmp_path / 'datasets'}/vqav2/v2_OpenEnded_mscoco_train2014_questions.json",
+        f"Check data.root (now {tmp_path / 'datasets'})",
+    )
+    assert_nothing_started(tmp_path)
+
+
+def test_models_from_the_hub_fail_within_seconds_offline(tmp_path: Path, synth_root: Path) -> None:
+    closed_port = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens there
+    start = time.monotonic()
+    result = train(tmp_path, f"data.root={synth_root}", "model/llm=qwen2_5_0_5b_instruct", env=closed_port, fast=False)
+    assert time.monotonic() - start < 60  # transformers' retries alone take ~45 s; this is the start-up time
+    assert_usage_error(
+        result,
+        "vlmlab-train",
+        "model.llm.pretrained=Qwen/Qwen2.5-0.5B-Instruct: this hub model is not in the local cache",
+        "127.0.0.1:9 cannot be reached",
+        "hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir <folder>",
+        "set model.llm.pretrained=<folder>",
+    )
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = train(tmp_path, f"data.root={synth_root}", "model/encoder=clip_vit_l14_336", env=offline, fast=False)
+    assert_usage_error(
+        result, "vlmlab-train", "model.encoder.pretrained=openai/clip-vit-large-patch14-336", "HF_HUB_OFFLINE"
+    )
+    result = train(
+        tmp_path, f"data.root={synth_root}", "model/llm=local", "model.llm.pretrained=/models/my-lm", fast=False
+    )
+    assert_usage_error(result, "vlmlab-train", "model.llm.pretrained=/models/my-lm: no such folder")
+    assert_nothing_started(tmp_path)
+
+
+def test_eval_names_a_missing_checkpoint_and_missing_data(tmp_path: Path, synth_root: Path) -> None:
+    evaluate = [str(BIN / "vlmlab-eval"), "data=synthetic", f"data.root={synth_root}"]
+    result = run([*evaluate, "checkpoint=outputs/nowhere/stages/instruct"], tmp_path)
+    assert_usage_error(result, "vlmlab-eval", "checkpoint=outputs/nowhere/stages/instruct: no such file or folder")
+    result = run([*evaluate, "checkpoint=.", "data=docvqa", f"data.root={tmp_path}"], tmp_path)
+    assert_usage_error(result, "vlmlab-eval", "docvqa.test.annotations=", "Check data.root")
