@@ -66,11 +66,12 @@ def test_batch_holds_images_in_placeholder_order(tmp_path: Path, formatter: Chat
 
 def test_letterbox_pads_with_the_mean_colour() -> None:
     image = Image.new("RGB", (20, 10), "red")
-    pixels = ImageProcessor(PREP, mode="letterbox")(image)
-    assert pixels.shape == (3, 16, 16)
+    processed = ImageProcessor(PREP, mode="letterbox")(image)
+    assert processed.pixels.shape == (1, 3, 16, 16) and processed.grid == (0, 0, 10, 20)
+    pixels = processed.pixels[0]
     assert torch.allclose(pixels[:, 0, 8], torch.zeros(3), atol=0.02)  # top padding = mean = 0 after normalising
     assert pixels[0, 8, 8] > 0.9  # red inside
-    assert ImageProcessor(PREP, mode="resize_crop")(image).shape == (3, 16, 16)
+    assert ImageProcessor(PREP, mode="resize_crop")(image).pixels.shape == (1, 3, 16, 16)
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ def test_resume_continues_the_epoch_and_after_its_end_the_next() -> None:
 
 def test_estimate_length_signs_the_modality() -> None:
     text = {"conversations": [{"from": "human", "value": "two words"}, {"from": "gpt", "value": "three more words"}]}
-    assert estimate_length(text, num_image_tokens=576) == -5
-    assert estimate_length({**text, "image": "a.jpg"}, num_image_tokens=576) == 581
-    assert estimate_length({**text, "image": ["a.jpg", "b.jpg"]}, num_image_tokens=576) == 1157
-    assert estimate_length({"id": 1, "error": ["malformed", "x"]}, num_image_tokens=576) == 0
+    assert estimate_length(text, image_tokens=576) == -5
+    assert estimate_length({**text, "image": "a.jpg"}, image_tokens=576) == 581
+    assert estimate_length({**text, "image": ["a.jpg", "b.jpg"]}, image_tokens=576) == 1157
+    assert estimate_length({"id": 1, "error": ["malformed", "x"]}, image_tokens=576) == 0

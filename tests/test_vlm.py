@@ -48,9 +48,9 @@ def test_image_tokens_land_exactly_on_placeholders(model: VisionLanguageModel) -
 
 def test_placeholder_count_must_match_images(model: VisionLanguageModel) -> None:
     ids = torch.tensor([[5, *[model.image_token_id] * model.num_image_tokens, 6]])
-    with pytest.raises(ValueError, match="1 images x 4 tokens per image = 4"):
+    with pytest.raises(ValueError, match="3 image placeholder tokens but its 1 image tiles take 4"):
         model.embed_inputs(ids[:, :-2], torch.randn(1, 3, 32, 32))
-    with pytest.raises(ValueError, match="0 images"):
+    with pytest.raises(ValueError, match="its 0 image tiles take 0"):
         model.embed_inputs(ids, None)
 
 

@@ -76,7 +76,7 @@ def run_chat(cfg: DictConfig) -> None:
     """Everything `vlmlab-chat` does after Hydra composed `cfg`. Ctrl-C or Ctrl-D ends the session."""
     torch.manual_seed(cfg.seed)
     loaded = load_from_command_line(cfg)
-    assistant = Assistant(loaded.model, loaded.image_resize, cfg.system)
+    assistant = Assistant(loaded.model, loaded.image_resize, cfg.system, loaded.anyres)
     try:
         chat(assistant, generation_options(cfg), sys.stdin, sys.stdout, interactive=sys.stdin.isatty())
     except KeyboardInterrupt:

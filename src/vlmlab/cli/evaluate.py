@@ -31,6 +31,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_data_files(cfg, [(name, cfg.split) for name in sources])
     loaded = load_from_command_line(cfg)
     OmegaConf.update(cfg, "data.image_resize", loaded.image_resize)  # as the model was trained
+    if loaded.anyres is not None:
+        OmegaConf.update(cfg, "data.anyres", loaded.anyres, merge=False)
     log.info("scoring %s (model from %s) on the %s split of %s", cfg.checkpoint, loaded.source, cfg.split, sources)
     datamodule = VLMDataModule.from_config(cfg.data, loaded.model, cfg.seed)
     datamodule.prepare_data()

@@ -98,7 +98,7 @@ def generate(cfg: DictConfig) -> list[str] | None:
             raise ImageLoadError("missing_image", f"image {Path(cfg.image_root or '.') / missing[0]} does not exist")
     torch.manual_seed(cfg.seed)
     loaded = load_from_command_line(cfg)
-    assistant = Assistant(loaded.model, loaded.image_resize, cfg.system)
+    assistant = Assistant(loaded.model, loaded.image_resize, cfg.system, loaded.anyres)
     options = generation_options(cfg)
     if requests is not None:
         answer_requests(assistant, requests, options, Path(cfg.output), cfg.batch_size)

@@ -3,7 +3,8 @@
 Label masking works for any template: each assistant turn's text span is found by rendering the
 conversation up to that turn with and without the answer; tokens that start inside a span are
 trained on (the answer and the template's end-of-turn tokens), every other token gets -100.
-Each `<image>` placeholder is then expanded into `num_image_tokens` image token ids.
+Each `<image>` placeholder is then expanded into its image's count of image token ids: `num_image_tokens`,
+or per image (tiled images differ, `vlmlab.models.image_layout`).
 """
 
 from __future__ import annotations
@@ -71,20 +72,29 @@ class ChatFormatter:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return enc["input_ids"], enc["offset_mapping"]
 
-    def _expand_images(self, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    def _expand_images(
+        self, ids: list[int], labels: list[int], image_tokens: Sequence[int] | None
+    ) -> tuple[list[int], list[int]]:
+        """Each placeholder -> its image's tokens (`image_tokens[k]` for the k-th; `num_image_tokens` if None)."""
+        counts = iter(image_tokens) if image_tokens is not None else None
         out_ids: list[int] = []
         out_labels: list[int] = []
         for token, label in zip(ids, labels):
             if token == self.image_token_id:
-                out_ids += [token] * self.num_image_tokens
-                out_labels += [IGNORE_INDEX] * self.num_image_tokens
+                count = self.num_image_tokens if counts is None else next(counts, None)
+                if count is None:
+                    raise SampleError(
+                        "image_count", f"the text holds more {self.image_token} than the {len(image_tokens)} images"
+                    )
+                out_ids += [token] * count
+                out_labels += [IGNORE_INDEX] * count
             else:
                 out_ids.append(token)
                 out_labels.append(label)
         return out_ids, out_labels
 
-    def encode(self, conversations: Sequence[dict]) -> EncodedText:
-        """Token ids and labels of a whole conversation, for training."""
+    def encode(self, conversations: Sequence[dict], image_tokens: Sequence[int] | None = None) -> EncodedText:
+        """Token ids and labels of a whole conversation, for training; `image_tokens`: each image's token count."""
         messages = to_messages(conversations)
         if not any(m["role"] == "assistant" for m in messages):
             raise SampleError("no_answer", "the conversation has no assistant turn to train on")
@@ -106,17 +116,17 @@ class ChatFormatter:
             token if any(start <= begin < end for start, end in spans) else IGNORE_INDEX
             for token, (begin, _) in zip(ids, offsets)
         ]
-        ids, labels = self._expand_images(ids, labels)
+        ids, labels = self._expand_images(ids, labels, image_tokens)
         ids, labels = self._truncate(ids, labels)
         return EncodedText(torch.tensor(ids), torch.tensor(labels))
 
-    def encode_prompt(self, conversations: Sequence[dict]) -> torch.Tensor:
+    def encode_prompt(self, conversations: Sequence[dict], image_tokens: Sequence[int] | None = None) -> torch.Tensor:
         """Token ids of the conversation up to (without) its last answer, ending in the generation prompt."""
         messages = to_messages(conversations)
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
         ids, _ = self._tokenize(self._render(messages, add_generation_prompt=True))
-        ids, _ = self._expand_images(ids, [IGNORE_INDEX] * len(ids))
+        ids, _ = self._expand_images(ids, [IGNORE_INDEX] * len(ids), image_tokens)
         if len(ids) > self.max_length:
             raise SampleError("too_long", f"the prompt has {len(ids)} tokens, more than max_length={self.max_length}")
         return torch.tensor(ids)
@@ -128,7 +138,7 @@ class ChatFormatter:
         if self.image_token_id in ids[self.max_length :]:
             raise SampleError(
                 "image_truncated",
-                f"max_length={self.max_length} cuts off (part of) an image's {self.num_image_tokens} tokens; "
+                f"max_length={self.max_length} cuts off (part of) an image's tokens ({len(ids)} tokens in all); "
                 "raise data.max_length",
             )
         ids, labels = ids[: self.max_length], labels[: self.max_length]

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch.utils.data import Dataset
 
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
-from vlmlab.data.image_processing import ImageProcessor, read_image
+from vlmlab.data.image_processing import ImageProcessor, ProcessedImage, image_size, read_image
+from vlmlab.models.image_layout import ImageTokenLayout
 
 if TYPE_CHECKING:
     from vlmlab.data.feature_cache import FeatureStore
@@ -40,6 +42,9 @@ class ConversationDataset(Dataset):
     `{"skipped": reason, "id", "message"}` that `collate` drops and counts; `"raise"` stops with the record named.
     With `features` (a frozen encoder's `FeatureStore`), samples carry the stored `image_features` instead
     of `pixel_values`: no image is read. `origin` (the file the records come from) is named in errors.
+    `image_layout` (the model's) gives each image's token count from its grid (tiled images differ);
+    without it every image takes the formatter's `num_image_tokens`.
+    Samples carry `pixel_values` (every tile of every image, in order) and `image_grids` (one row per image).
     """
 
     def __init__(
@@ -54,8 +59,10 @@ class ConversationDataset(Dataset):
         on_bad_record: BadRecordPolicy = "raise",
         features: FeatureStore | None = None,
         origin: str | None = None,
+        image_layout: ImageTokenLayout | None = None,
     ) -> None:
         self.records = records
+        self.image_layout = image_layout
         self.origin = origin
         self.formatter = formatter
         self.image_processor = image_processor
@@ -82,13 +89,23 @@ class ConversationDataset(Dataset):
             self.on_bad_record,
             features,
             self.origin,
+            self.image_layout,
         )
 
-    def load_image(self, image: str | dict[str, Any]) -> torch.Tensor:
-        """One of a record's images as pixel values [3, H, W] (blank for the blind baseline)."""
+    def load_image(self, image: str | dict[str, Any]) -> ProcessedImage:
+        """One of a record's images as the model takes it (blank for the blind baseline)."""
         if self.blank_images:
-            return self.image_processor.blank()
+            tiled = self.image_processor.tiling is not None
+            if tiled and not isinstance(image, dict) and not Path(image).is_file():
+                read_image(image, MISSING_IMAGE_HINT)  # raises the missing-image error
+            return self.image_processor.blank(image_size(image) if tiled else None)
         return self.image_processor(read_image(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT))
+
+    def image_tokens(self, grids: torch.Tensor | None) -> list[int] | None:
+        """Each image's token count, when the layout is known."""
+        if self.image_layout is None or grids is None:
+            return None
+        return [self.image_layout.count(grid) for grid in grids.tolist()]
 
     def encode(self, record: dict[str, Any], index: int | None = None) -> dict[str, Any]:
         if not isinstance(record, dict):
@@ -107,20 +124,24 @@ class ConversationDataset(Dataset):
                 f"the conversations hold {placeholders} {self.formatter.image_token} placeholders but the record "
                 f"has {len(paths)} images; each image needs exactly one placeholder",
             )
+        sample: dict[str, Any] = {}
+        if self.features is not None and index is not None:
+            sample["pixel_values"] = None
+            sample["image_features"], grids = self.features.get(index)  # (tiles, N, d) and (k, 4), or None
+        else:
+            images = [self.load_image(p) for p in paths]
+            sample["pixel_values"] = torch.cat([i.pixels for i in images]) if images else None
+            grids = torch.tensor([i.grid for i in images], dtype=torch.long) if images else None
+        sample["image_grids"] = grids
+        image_tokens = self.image_tokens(grids)
         if self.prompt_only:
             # References: the record's `answers` (all accepted answers) or else its last answer turn.
             last = messages[-1]
             answers = record.get("answers") or ([last["content"]] if last["role"] == "assistant" else [])
-            sample = {"input_ids": self.formatter.encode_prompt(conversations), "answers": answers}
+            sample.update(input_ids=self.formatter.encode_prompt(conversations, image_tokens), answers=answers)
         else:
-            encoded = self.formatter.encode(conversations)
-            sample = {"input_ids": encoded.input_ids, "labels": encoded.labels}
-        if self.features is not None and index is not None:
-            sample["pixel_values"] = None
-            sample["image_features"] = self.features.get(index)  # (k, N, d) or None
-        else:
-            pixels = [self.load_image(p) for p in paths]
-            sample["pixel_values"] = torch.stack(pixels) if pixels else None
+            encoded = self.formatter.encode(conversations, image_tokens)
+            sample.update(input_ids=encoded.input_ids, labels=encoded.labels)
         sample.update(id=record.get("id"), task=self.task, source=self.source)
         return sample
 
@@ -161,10 +182,12 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: 
         if "labels" in sample:
             labels[row, span] = sample["labels"]
     images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+    grids = [s["image_grids"] for s in samples if s.get("image_grids") is not None]
     batch: dict[str, Any] = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "pixel_values": torch.cat(images) if images else None,
+        "image_grids": torch.cat(grids) if grids else None,  # one row per image, in placeholder order
         "ids": [s["id"] for s in samples],
         "indices": [s.get("index") for s in samples],  # position in the dataset, where known
         "tasks": [s["task"] for s in samples],

@@ -16,15 +16,16 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from vlmlab.data.chat_format import ChatFormatter
+from vlmlab.data.chat_format import ChatFormatter, SampleError
 from vlmlab.data.conversation_dataset import BadRecordPolicy, ConversationDataset, collate
 from vlmlab.data.feature_cache import feature_store
 from vlmlab.data.formats import HFRecords, Record, read_split, split_origin
-from vlmlab.data.image_processing import ImageProcessor
+from vlmlab.data.image_processing import ImageProcessor, image_processor_for, image_size
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.models.encoders.base import VisionEncoder
+from vlmlab.models.image_layout import ImageTokenLayout
 from vlmlab.models.vlm import VisionLanguageModel
 
 
@@ -63,6 +64,8 @@ class VLMDataModule(L.LightningDataModule):
     batch_size: the global batch of one optimizer step (None: micro_batch_size x processes); an epoch is
         a whole number of global batches on any number of processes.
     formatter, image_processor: built from the model (tokenizer, image tokens, encoder size).
+    image_layout: the model's image-token layout, for per-image token counts (tiled images); None: every
+        image takes the formatter's `num_image_tokens`.
     synthetic: generator settings; when set, the synthetic dataset is written to `root` if missing.
     on_bad_record: `skip` (drop, count and log records that cannot become samples) or `raise`.
     group_by_length: batch samples of similar length and one modality together (longest batch first),
@@ -93,8 +96,10 @@ class VLMDataModule(L.LightningDataModule):
         pack_length: int | None = None,
         feature_cache: dict[str, Any] | None = None,
         encoder: VisionEncoder | None = None,
+        image_layout: ImageTokenLayout | None = None,
     ) -> None:
         super().__init__()
+        self.image_layout = image_layout
         self.sources = sources
         self.mixture = mixture
         self.formatter = formatter
@@ -143,7 +148,9 @@ class VLMDataModule(L.LightningDataModule):
             sources=OmegaConf.to_container(data_cfg.sources, resolve=True),
             mixture=mixture or {},
             formatter=formatter,
-            image_processor=ImageProcessor(model.encoder.preprocessing, data_cfg.image_resize),
+            image_processor=image_processor_for(
+                model.encoder.preprocessing, data_cfg.image_resize, data_cfg.get("anyres")
+            ),
             micro_batch_size=micro_batch_size,
             batch_size=batch_size,
             eval_batch_size=data_cfg.eval_batch_size,
@@ -158,6 +165,7 @@ class VLMDataModule(L.LightningDataModule):
             pack_length=data_cfg.get("pack_length"),
             feature_cache=None if feature_cache is None else OmegaConf.to_container(feature_cache, resolve=True),
             encoder=model.encoder if encoder_frozen else None,
+            image_layout=model.image_layout,
         )
 
     def prepare_data(self) -> None:
@@ -186,6 +194,7 @@ class VLMDataModule(L.LightningDataModule):
             blank_images=blank_images,
             on_bad_record=self.on_bad_record,
             origin=split_origin(source, self.sources[source], split),
+            image_layout=self.image_layout,
         )
         if cached:
             trainer = self.trainer
@@ -226,11 +235,22 @@ class VLMDataModule(L.LightningDataModule):
         )
 
     def lengths(self, source: str, split: str) -> list[int]:
-        """Estimated sample lengths (negative: text-only), for grouping batches."""
+        """Estimated sample lengths (negative: text-only), for grouping batches. Tiled images count their
+        own tokens, from the size in each image's header (read once per record, not decoded)."""
         records = self.records(source, split)
-        if isinstance(records, HFRecords):
-            records = records.text_records()
-        return [estimate_length(r, self.formatter.num_image_tokens) for r in records]
+        if self.image_processor.tiling is None or self.image_layout is None:
+            if isinstance(records, HFRecords):
+                records = records.text_records()
+            return [estimate_length(r, self.formatter.num_image_tokens) for r in records]
+        return [estimate_length(r, self.tiled_image_tokens) for r in records]
+
+    def tiled_image_tokens(self, image: Any) -> int:
+        """Tokens of one (tiled) image; an unreadable image counts as untiled (its record is skipped later)."""
+        try:
+            size = image_size(image)
+        except (SampleError, OSError):
+            return self.image_layout.count((0, 0, 0, 0))
+        return self.image_layout.count(self.image_processor.grid(size))
 
     def train_sampler(self) -> GroupedMixtureSampler:
         trainer = self.trainer

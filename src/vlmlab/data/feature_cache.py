@@ -1,5 +1,7 @@
-"""Frozen-encoder feature cache: every training image's encoder output ([N, d], before the connector)
-computed once, stored memory-mapped on disk, and read instead of the image in every epoch.
+"""Frozen-encoder feature cache: every training image's encoder output ([N, d] per tile, before the
+connector) computed once, stored memory-mapped on disk, and read instead of the image in every epoch.
+Tiled images (`anyres`) store each tile's features and the image's grid row; the grid choices are part of
+the key, so another `data.anyres` gives another store.
 
 Valid only while the encoder does not change, so stages use it only when their encoder is frozen.
 A store lives in `<dir>/<source>-<split>-<key>/`; the key hashes what decides the features: the
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlmlab.data.chat_format import SampleError
 from vlmlab.data.conversation_dataset import ConversationDataset, record_images
+from vlmlab.data.image_processing import image_size
 from vlmlab.models.encoders.base import VisionEncoder
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -46,7 +49,7 @@ def cache_key(encoder: VisionEncoder, dataset: ConversationDataset, dtype: str) 
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     processor = dataset.image_processor
-    digest.update(f"{processor.mode}{processor.preprocessing}{dtype}{len(dataset)}".encode())
+    digest.update(f"{processor.mode}{processor.preprocessing}{processor.tiling}{dtype}{len(dataset)}".encode())
     for record in dataset.records:
         images = record_images(record) if isinstance(record, dict) else []
         digest.update(
@@ -55,8 +58,17 @@ def cache_key(encoder: VisionEncoder, dataset: ConversationDataset, dtype: str) 
     return digest.hexdigest()[:16]
 
 
+def planned_grids(dataset: ConversationDataset, record: Any) -> list[tuple[int, int, int, int]]:
+    """The grid row of each of a record's images, from the image headers (untiled: no file is opened)."""
+    processor = dataset.image_processor
+    images = record_images(record) if isinstance(record, dict) else []
+    if processor.tiling is None:
+        return [(0, 0, 0, 0)] * len(images)
+    return [processor.grid(image_size(image)) for image in images]
+
+
 class _RecordImages(Dataset):
-    """(index, the record's preprocessed images [k, C, H, W] or None, error or None), for the build."""
+    """(index, the record's preprocessed tiles [k, C, H, W] or None, error or None), for the build."""
 
     def __init__(self, dataset: ConversationDataset) -> None:
         self.dataset = dataset
@@ -70,24 +82,31 @@ class _RecordImages(Dataset):
             pixels = [self.dataset.load_image(p) for p in record_images(record)] if isinstance(record, dict) else []
         except SampleError as err:
             return index, None, (err.reason, str(err))
-        return index, torch.stack(pixels) if pixels else None, None
+        return index, torch.cat([p.pixels for p in pixels]) if pixels else None, None
 
 
 class FeatureStore:
-    """A built store: `get(index)` gives record `index`'s image features [k, N, d] (None when it has no
-    image) and raises the record's `SampleError` where its images could not be read at build time."""
+    """A built store: `get(index)` gives record `index`'s tile features [tiles, N, d] and image grid rows
+    [k, 4] (None, None when it has no image) and raises the record's `SampleError` where its images could
+    not be read at build time."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.features = np.load(folder / "features.npy", mmap_mode="r")  # (num_images, N, d)
-        self.offsets = np.load(folder / "offsets.npy")  # (num_records + 1,)
+        self.features = np.load(folder / "features.npy", mmap_mode="r")  # (num_tiles, N, d)
+        self.offsets = np.load(folder / "offsets.npy")  # (num_records + 1,) into the tiles
+        self.grids = np.load(folder / "grids.npy")  # (num_images, 4)
+        self.image_offsets = np.load(folder / "image_offsets.npy")  # (num_records + 1,) into the images
         self.bad = {int(k): v for k, v in json.loads((folder / "bad.json").read_text()).items()}
 
-    def get(self, index: int) -> torch.Tensor | None:
+    def get(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if index in self.bad:
             raise SampleError(*self.bad[index])
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-        return torch.from_numpy(np.array(self.features[start:end], dtype=np.float32)) if end > start else None
+        if end == start:
+            return None, None
+        first, last = int(self.image_offsets[index]), int(self.image_offsets[index + 1])
+        features = torch.from_numpy(np.array(self.features[start:end], dtype=np.float32))
+        return features, torch.from_numpy(np.array(self.grids[first:last], dtype=np.int64))
 
     @classmethod
     def open(cls, folder: Path, key: str) -> FeatureStore | None:
@@ -112,11 +131,21 @@ class FeatureStore:
             raise ValueError(f"data.feature_cache.dtype={dtype!r} is not one of {', '.join(DTYPES)}")
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "meta.json").unlink(missing_ok=True)
-        counts = [len(record_images(r)) if isinstance(r, dict) else 0 for r in dataset.records]
+        bad: dict[int, tuple[str, str]] = {}
+        plans: list[list[tuple[int, int, int, int]]] = []
+        for index, record in enumerate(dataset.records):
+            try:
+                plans.append(planned_grids(dataset, record))
+            except SampleError as err:
+                bad[index] = (err.reason, str(err))
+                plans.append([])
+        tiling = dataset.image_processor.tiling
+        counts = [sum(1 if tiling is None else 1 + g[0] * g[1] for g in plan) for plan in plans]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        grids = np.zeros((sum(len(plan) for plan in plans), 4), dtype=np.int64)
+        image_offsets = np.concatenate([[0], np.cumsum([len(plan) for plan in plans])]).astype(np.int64)
         shape = (int(offsets[-1]), encoder.num_patches, encoder.output_dim)
         features = np.lib.format.open_memmap(folder / "features.npy", mode="w+", dtype=DTYPES[dtype], shape=shape)
-        bad: dict[int, tuple[str, str]] = {}
         device = next(encoder.parameters()).device
         was_training = encoder.training
         encoder.eval()
@@ -128,7 +157,7 @@ class FeatureStore:
                 for index, _, error in items:
                     if error is not None:
                         bad[index] = error
-                good = [(index, pixels) for index, pixels, _ in items if pixels is not None]
+                good = [(index, pixels) for index, pixels, _ in items if pixels is not None and index not in bad]
                 if not good:
                     continue
                 out = encoder(torch.cat([p for _, p in good]).to(device)).float().cpu().numpy()  # (k, N, d)
@@ -137,8 +166,12 @@ class FeatureStore:
                     features[offsets[index] : offsets[index + 1]] = out[row : row + len(pixels)]
                     row += len(pixels)
         encoder.train(was_training)
+        for index, plan in enumerate(plans):
+            grids[image_offsets[index] : image_offsets[index + 1]] = plan
         features.flush()
         np.save(folder / "offsets.npy", offsets)
+        np.save(folder / "grids.npy", grids)
+        np.save(folder / "image_offsets.npy", image_offsets)
         (folder / "bad.json").write_text(json.dumps(bad))
         (folder / "meta.json").write_text(json.dumps({"key": key, "shape": shape, "dtype": dtype}))
         return cls(folder)

@@ -1,9 +1,11 @@
 """Reading images (`read_image`, the one place an image file is opened) and turning them into the pixel
-tensors an encoder expects (size and normalisation from the encoder)."""
+tensors an encoder expects (size and normalisation from the encoder; tiles for `anyres`)."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -12,9 +14,10 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from vlmlab.data.chat_format import SampleError
+from vlmlab.data.tiling import Tiling
 from vlmlab.models.encoders.base import ImagePreprocessing
 
-ResizeMode = Literal["resize", "letterbox", "resize_crop"]
+ResizeMode = Literal["resize", "letterbox", "resize_crop", "anyres"]
 
 
 class ImageLoadError(SampleError):
@@ -37,19 +40,63 @@ def read_image(image: str | Path | dict[str, Any], missing_hint: str = "", bad_h
         raise ImageLoadError("bad_image", f"{where} cannot be read ({err}){hint}") from err
 
 
+def image_size(image: str | Path | dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of an image file or stored image, from its header (the pixels are not decoded)."""
+    try:
+        with Image.open(io.BytesIO(image["bytes"]) if isinstance(image, dict) else image) as opened:
+            return opened.height, opened.width
+    except (OSError, ValueError, TypeError) as err:
+        where = f"the image stored for {image.get('path') or 'this row'}" if isinstance(image, dict) else image
+        raise ImageLoadError("bad_image", f"{where} cannot be read ({err})") from err
+
+
+@dataclass
+class ProcessedImage:
+    """An image as the model takes it: its tiles [k, 3, H, W] (k = 1 unless tiled) and its grid row
+    (tile rows, tile columns, original height, original width; 0 rows = untiled), see `vlmlab.models.image_layout`."""
+
+    pixels: torch.Tensor
+    grid: tuple[int, int, int, int]
+
+
 class ImageProcessor:
     """`resize` stretches to the encoder's size; `letterbox` pads to a square with the mean colour
-    first (LLaVA-1.5's `pad`); `resize_crop` scales the short side and centre-crops."""
+    first (LLaVA-1.5's `pad`); `resize_crop` scales the short side and centre-crops; `anyres` cuts the
+    image into encoder-sized tiles at the grid that suits it, after the whole image stretched to one tile
+    (LLaVA-NeXT, `vlmlab.data.tiling`; `tiling` gives the grids)."""
 
-    def __init__(self, preprocessing: ImagePreprocessing, mode: ResizeMode = "resize") -> None:
+    def __init__(self, preprocessing: ImagePreprocessing, mode: ResizeMode = "resize", tiling: Tiling | None = None):
         if mode not in get_args(ResizeMode):
             raise ValueError(f"image resize mode '{mode}' is not one of {', '.join(get_args(ResizeMode))}")
+        if mode == "anyres" and tiling is None:
+            raise ValueError("image_resize=anyres needs its tile grids (data.anyres.grid_pinpoints)")
+        if mode == "anyres" and preprocessing.height != preprocessing.width:
+            raise ValueError(
+                f"image_resize=anyres cuts square tiles, but the encoder takes {preprocessing.height}x"
+                f"{preprocessing.width} images"
+            )
         self.preprocessing = preprocessing
         self.mode = mode
+        self.tiling = tiling if mode == "anyres" else None
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        p = self.preprocessing
+    def grid(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The grid row of an image of `size` (height, width), without reading its pixels."""
+        rows, cols = self.tiling.grid(size) if self.tiling is not None else (0, 0)
+        return rows, cols, size[0], size[1]
+
+    def __call__(self, image: Image.Image) -> ProcessedImage:
         image = image.convert("RGB")
+        size = (image.height, image.width)
+        if self.tiling is None:
+            return ProcessedImage(self._one_tile(image)[None], self.grid(size))
+        pixels = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
+        p = self.preprocessing
+        base = F.resize(pixels, [p.height, p.width], antialias=True)
+        tiles, (rows, cols) = self.tiling.tiles(pixels, base)
+        return ProcessedImage(F.normalize(tiles, mean=list(p.mean), std=list(p.std)), (rows, cols, *size))
+
+    def _one_tile(self, image: Image.Image) -> torch.Tensor:
+        p = self.preprocessing
         if self.mode == "letterbox":
             side = max(image.size)
             fill = tuple(int(round(255 * m)) for m in p.mean)
@@ -64,6 +111,26 @@ class ImageProcessor:
             pixels = F.resize(pixels, [p.height, p.width], antialias=True)
         return F.normalize(pixels, mean=list(p.mean), std=list(p.std))
 
-    def blank(self) -> torch.Tensor:
-        """A blank image (the mean colour, all zeros after normalisation), for the blind baseline."""
-        return torch.zeros(3, self.preprocessing.height, self.preprocessing.width)
+    def blank(self, size: tuple[int, int] | None = None) -> ProcessedImage:
+        """A blank image (the mean colour, all zeros after normalisation) for the blind baseline; tiled as
+        an image of `size` (height, width) would be, so that it takes as many tokens."""
+        p = self.preprocessing
+        if self.tiling is None or size is None:
+            return ProcessedImage(torch.zeros(1, 3, p.height, p.width), self.grid(size or (p.height, p.width)))
+        fill = tuple(int(round(255 * m)) for m in p.mean)
+        return self(Image.new("RGB", (size[1], size[0]), fill))
+
+
+def image_processor_for(
+    preprocessing: ImagePreprocessing, mode: ResizeMode, anyres: Mapping[str, Any] | None = None
+) -> ImageProcessor:
+    """The processor of a `data` config's `image_resize` and `anyres` options (grid_pinpoints, max_tiles)."""
+    tiling = None
+    if mode == "anyres":
+        options = dict(anyres or {})
+        if not options.get("grid_pinpoints"):
+            raise ValueError("data.image_resize=anyres needs data.anyres.grid_pinpoints (tile grids [rows, cols])")
+        tiling = Tiling(
+            tuple(tuple(g) for g in options["grid_pinpoints"]), preprocessing.height, options.get("max_tiles")
+        )
+    return ImageProcessor(preprocessing, mode, tiling)

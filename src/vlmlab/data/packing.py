@@ -23,7 +23,8 @@ import torch
 
 from vlmlab.data.chat_format import IGNORE_INDEX
 
-IMAGE_KEYS = ("pixel_values", "image_features")  # per-sample image tensors, concatenated in packing order
+# per-sample image tensors (tiles, grid rows), concatenated in packing order
+IMAGE_KEYS = ("pixel_values", "image_features", "image_grids")
 
 
 def pack_rows(lengths: Sequence[int], pack_length: int | None) -> list[list[int]]:
@@ -97,6 +98,6 @@ def collate_packed(samples: Sequence[dict[str, Any]], pad_token_id: int, pack_le
     }
     for key in IMAGE_KEYS:
         if key in samples[0]:
-            images = [samples[i][key] for i in order if samples[i][key] is not None]
+            images = [samples[i][key] for i in order if samples[i].get(key) is not None]
             batch[key] = torch.cat(images) if images else None
     return batch

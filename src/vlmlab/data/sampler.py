@@ -4,16 +4,17 @@ processes, and puts the batch with the longest sample first so an out-of-memory 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DistributedSampler
 
 
-def estimate_length(record: Any, num_image_tokens: int) -> int:
+def estimate_length(record: Any, image_tokens: int | Callable[[Any], int]) -> int:
     """Words of all turns plus the image tokens, negative for a text-only record (LLaVA's convention:
-    the sign is the modality). Cheap enough for 665K records; the order is what matters, not the unit."""
+    the sign is the modality). Cheap enough for 665K records; the order is what matters, not the unit.
+    `image_tokens`: tokens per image, or a function of the image (path or stored image) giving them."""
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         return 0
     words = sum(
@@ -22,8 +23,12 @@ def estimate_length(record: Any, num_image_tokens: int) -> int:
         if isinstance(turn, dict)
     )
     image = record.get("image")
-    num_images = 0 if image is None else 1 if isinstance(image, str | dict) else len(image)
-    return words + num_images * num_image_tokens if num_images else -max(1, words)
+    images = [] if image is None else [image] if isinstance(image, str | dict) else list(image)
+    if not images:
+        return -max(1, words)
+    if callable(image_tokens):
+        return words + sum(image_tokens(i) for i in images)
+    return words + len(images) * image_tokens
 
 
 class GroupedMixtureSampler(DistributedSampler):

@@ -17,6 +17,12 @@ class FeatureCacheSchema:
 
 
 @dataclass
+class AnyresSchema:
+    grid_pinpoints: list[list[int]] = field(default_factory=lambda: [[1, 2], [2, 1], [2, 2], [3, 1], [1, 3]])
+    max_tiles: int | None = None
+
+
+@dataclass
 class SourceSchema:
     task: str = "caption"
     format: str = "llava"
@@ -37,6 +43,7 @@ class DataSchema:
     on_bad_record: str = "skip"
     max_length: int = 2048
     image_resize: str = "letterbox"
+    anyres: AnyresSchema = field(default_factory=AnyresSchema)
     group_by_length: bool = True
     length_group_batches: int = 50
     packing: bool = False

@@ -3,7 +3,7 @@ stop strings, and token streaming for the chat."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -13,7 +13,7 @@ from transformers import TextStreamer
 
 from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import collate
-from vlmlab.data.image_processing import ImageProcessor, ResizeMode, read_image
+from vlmlab.data.image_processing import ProcessedImage, ResizeMode, image_processor_for, read_image
 from vlmlab.models.vlm import VisionLanguageModel
 
 
@@ -42,19 +42,26 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 class Assistant:
     """Turns prompts and images into model inputs the way training did (the LLM's chat template,
-    `<image>` expanded to the connector's token count, the run's image resizing) and decodes answers."""
+    `<image>` expanded to each image's token count, the run's image resizing and tiling) and decodes answers."""
 
-    def __init__(self, model: VisionLanguageModel, image_resize: ResizeMode, system: str | None = None) -> None:
+    def __init__(
+        self,
+        model: VisionLanguageModel,
+        image_resize: ResizeMode,
+        system: str | None = None,
+        anyres: Mapping[str, Any] | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = model.llm.tokenizer
         self.image_token = model.llm.image_token
         max_length = int(getattr(model.llm.model.config, "max_position_embeddings", 0) or 1_000_000)
         self.formatter = ChatFormatter(self.tokenizer, self.image_token, model.num_image_tokens, max_length)
-        self.images = ImageProcessor(model.encoder.preprocessing, image_resize)
+        self.images = image_processor_for(model.encoder.preprocessing, image_resize, anyres)
+        self.layout = model.image_layout
         self.system = system
 
-    def load_image(self, path: str | Path) -> torch.Tensor:
-        """Pixel values [3, H, W] of the image at `path`; an `ImageLoadError` naming it otherwise."""
+    def load_image(self, path: str | Path) -> ProcessedImage:
+        """The image at `path` as the model takes it; an `ImageLoadError` naming it otherwise."""
         return self.images(read_image(Path(path)))
 
     def user_message(self, prompt: str, num_images: int) -> dict[str, str]:
@@ -70,13 +77,15 @@ class Assistant:
             )
         return {"role": "user", "content": prompt}
 
-    def encode(self, messages: Sequence[dict[str, str]], images: Sequence[torch.Tensor]) -> dict[str, Any]:
+    def encode(self, messages: Sequence[dict[str, str]], images: Sequence[ProcessedImage]) -> dict[str, Any]:
         """A sample for `collate`: the conversation so far, ending in the generation prompt."""
         if self.system and (not messages or messages[0]["role"] != "system"):
             messages = [{"role": "system", "content": self.system}, *messages]
+        grids = [image.grid for image in images]
         return {
-            "input_ids": self.formatter.encode_prompt(messages),
-            "pixel_values": torch.stack(list(images)) if images else None,
+            "input_ids": self.formatter.encode_prompt(messages, [self.layout.count(g) for g in grids]),
+            "pixel_values": torch.cat([image.pixels for image in images]) if images else None,
+            "image_grids": torch.tensor(grids, dtype=torch.long) if images else None,
             "id": None,
             "task": "generate",
         }

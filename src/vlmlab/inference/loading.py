@@ -19,7 +19,7 @@ from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import WEIGHTS_FILE, load_weights, save_weights, saved_tokenizer, weights_path
 
-MODEL_CONFIG_FILE = "model.yaml"  # a vlmlab model folder's description: {model: ..., image_resize: ...}
+MODEL_CONFIG_FILE = "model.yaml"  # a vlmlab model folder's description: {model: ..., image_resize: ..., anyres: ...}
 MODEL_SOURCES = ("auto", "groups")  # auto: the config saved with the checkpoint; groups: the command line's
 
 
@@ -30,6 +30,7 @@ class LoadedModel:
     image_resize: ResizeMode  # how training resized images
     source: str  # where the model config came from, for messages
     path: Path  # the weights file (or Hugging Face folder) loaded
+    anyres: dict[str, Any] | None = None  # the tile grids of image_resize=anyres (data.anyres)
 
 
 def run_config_file(weights: Path) -> Path | None:
@@ -40,17 +41,23 @@ def run_config_file(weights: Path) -> Path | None:
     )
 
 
-def saved_description(weights: Path) -> tuple[DictConfig, str | None, str] | None:
-    """(model config, image resize mode, file) saved beside the weights or with their run; None if neither."""
+def saved_description(weights: Path) -> tuple[DictConfig, str | None, str, dict | None] | None:
+    """(model config, image resize mode, file, anyres options) saved beside the weights or with their run;
+    None if neither."""
     own = weights.parent / MODEL_CONFIG_FILE
     if own.is_file():
         saved = OmegaConf.load(own)
-        return saved.model, saved.get("image_resize"), str(own)
+        return saved.model, saved.get("image_resize"), str(own), _plain(saved.get("anyres"))
     run = run_config_file(weights)
     if run is not None:
         saved = OmegaConf.load(run)
-        return saved.model, OmegaConf.select(saved, "data.image_resize"), str(run)
+        anyres = _plain(OmegaConf.select(saved, "data.anyres"))
+        return saved.model, OmegaConf.select(saved, "data.image_resize"), str(run), anyres
     return None
+
+
+def _plain(node: Any) -> dict | None:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def load_model(
@@ -101,7 +108,8 @@ def load_model(
     except ValueError as err:
         raise ValueError(f"{err} (The model config came from {source}.)") from err
     mode = image_resize or (described[1] if described else None) or "resize"
-    return LoadedModel(model.eval(), OmegaConf.to_container(cfg), mode, source, weights)
+    anyres = described[3] if described else None
+    return LoadedModel(model.eval(), OmegaConf.to_container(cfg), mode, source, weights, anyres)
 
 
 def save_model_folder(loaded: LoadedModel, folder: str | Path) -> Path:
@@ -114,5 +122,6 @@ def save_model_folder(loaded: LoadedModel, folder: str | Path) -> Path:
     config = dict(loaded.model_config, llm=dict(loaded.model_config["llm"]))
     if "tokenizer" in config["llm"]:
         config["llm"]["tokenizer"] = str((folder / "tokenizer").resolve())
-    OmegaConf.save({"model": config, "image_resize": loaded.image_resize}, folder / MODEL_CONFIG_FILE)
+    description = {"model": config, "image_resize": loaded.image_resize, "anyres": loaded.anyres}
+    OmegaConf.save(description, folder / MODEL_CONFIG_FILE)
     return folder

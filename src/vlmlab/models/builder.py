@@ -34,7 +34,8 @@ def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, l
 
 
 def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:
-    """Instantiate encoder and LLM, then the connector between them (its YAML sets `_partial_: true`)."""
+    """Instantiate encoder and LLM, then the connector between them (its YAML sets `_partial_: true`);
+    `model.image_newline: true` adds LLaVA-NeXT's row-end token to the connector."""
     check_model_components(model_cfg)
     log.info("encoder: %s", model_cfg.encoder._target_)
     encoder = instantiate(model_cfg.encoder)
@@ -42,6 +43,8 @@ def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:
     llm = instantiate(model_cfg.llm)
     log.info("connector: %s", model_cfg.connector._target_)
     connector = build_connector(instantiate(model_cfg.connector, _partial_=True), encoder, llm)
+    if model_cfg.get("image_newline", False):
+        connector.add_image_newline()
     log.info(
         "vision features %d x %d -> %d image tokens x %d",
         encoder.num_patches,

@@ -10,16 +10,19 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from vlmlab.models.connectors.base import Connector
 from vlmlab.models.encoders.base import VisionEncoder
+from vlmlab.models.image_layout import ImageTokenLayout, arrange_image_tokens
 from vlmlab.models.llms.language_model import LanguageModel
 
 
 class VisionLanguageModel(nn.Module):
     """LLaVA's composition.
 
-    The data pipeline has already expanded every `<image>` placeholder into `num_image_tokens`
-    copies of the image token id, so the merge is one scatter: the k-th image's tokens replace the
-    k-th run of placeholders in row-major order. `pixel_values` holds all images of the batch in
-    that order ([num_images, C, H, W]); text-only rows contribute none.
+    The data pipeline has already expanded every `<image>` placeholder into its image's count of
+    image token ids (`image_layout`), so the merge is one scatter: the k-th image's tokens replace the
+    k-th run of placeholders in row-major order. `pixel_values` holds the tiles of all images of the
+    batch in that order ([num_tiles, C, H, W]; one tile per image unless tiled) and `image_grids` says
+    which tiles form which image and how (`vlmlab.models.image_layout`; None: one tile each); text-only
+    rows contribute none. The encoder runs on all tiles of the batch at once.
     """
 
     def __init__(self, encoder: VisionEncoder, connector: Connector, llm: LanguageModel) -> None:
@@ -29,46 +32,64 @@ class VisionLanguageModel(nn.Module):
         self.llm = llm
 
     @property
+    def image_newline(self) -> torch.Tensor | None:
+        """LLaVA-NeXT's learned row-end token, when the model has one (`model.image_newline`); it lives in
+        the connector, so it trains and freezes with it."""
+        return getattr(self.connector, "image_newline", None)
+
+    @property
+    def image_layout(self) -> ImageTokenLayout:
+        return ImageTokenLayout(self.connector.num_out_tokens, self.image_newline is not None)
+
+    @property
     def num_image_tokens(self) -> int:
-        return self.connector.num_out_tokens
+        """Tokens of an untiled image."""
+        return self.image_layout.count((0, 0, 0, 0))
 
     @property
     def image_token_id(self) -> int:
         return self.llm.image_token_id
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(pixel_values)  # (num_images, N, d_vis)
-        return self.connector(features)  # (num_images, M, d_llm)
+        features = self.encoder(pixel_values)  # (num_tiles, N, d_vis)
+        return self.connector(features)  # (num_tiles, M, d_llm)
 
     def embed_inputs(
         self,
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None,
         image_features: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """LLM input embeddings with each image's tokens written over its placeholders.
 
-        `image_features` ([num_images, N, d_vis], the encoder's output, e.g. from the frozen-encoder
+        `image_features` ([num_tiles, N, d_vis], the encoder's output, e.g. from the frozen-encoder
         feature cache) replace `pixel_values`: the encoder is skipped and only the connector runs.
         """
         is_image_token = input_ids == self.image_token_id  # (B, T)
         embeds = self.llm.embed(input_ids)  # (B, T, d_llm); placeholder rows are overwritten below
         num_placeholders = int(is_image_token.sum())
-        images = image_features if image_features is not None else pixel_values
-        num_images = 0 if images is None else images.shape[0]
-        if num_placeholders != num_images * self.num_image_tokens:
+        tiles = image_features if image_features is not None else pixel_values
+        num_tiles = 0 if tiles is None else tiles.shape[0]
+        layout = self.image_layout
+        if image_grids is not None and num_tiles:
+            expected = sum(layout.count(grid) for grid in image_grids.tolist())
+        else:
+            expected = num_tiles * layout.count((0, 0, 0, 0))
+        if num_placeholders != expected:
             raise ValueError(
-                f"the batch has {num_placeholders} image placeholder tokens but {num_images} images x "
-                f"{self.num_image_tokens} tokens per image = {num_images * self.num_image_tokens}; every "
-                "<image> must be expanded by the data pipeline to the connector's num_out_tokens"
+                f"the batch has {num_placeholders} image placeholder tokens but its {num_tiles} image tiles take "
+                f"{expected}; every <image> must be expanded by the data pipeline to its image's token count "
+                "(ImageTokenLayout.count of its grid)"
             )
-        if num_images == 0:
+        if num_tiles == 0:
             return embeds
         if image_features is not None:
-            image_embeds = self.connector(image_features.to(embeds.dtype))  # (num_images, M, d_llm)
+            tile_tokens = self.connector(image_features.to(embeds.dtype))  # (num_tiles, M, d_llm)
         else:
-            image_embeds = self.encode_images(pixel_values).to(embeds.dtype)  # (num_images, M, d_llm)
-        return embeds.masked_scatter(is_image_token.unsqueeze(-1), image_embeds)
+            tile_tokens = self.encode_images(pixel_values).to(embeds.dtype)  # (num_tiles, M, d_llm)
+        image_embeds = arrange_image_tokens(tile_tokens, image_grids, self.image_newline)
+        return embeds.masked_scatter(is_image_token.unsqueeze(-1), image_embeds.to(embeds.dtype))
 
     def forward(
         self,
@@ -80,6 +101,7 @@ class VisionLanguageModel(nn.Module):
         cu_seq_lens: torch.Tensor | None = None,
         max_seq_len: int | None = None,
         image_features: torch.Tensor | None = None,
+        image_grids: torch.Tensor | None = None,
         loss_chunk_size: int | None = None,
         **llm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
@@ -95,7 +117,7 @@ class VisionLanguageModel(nn.Module):
         `cu_seq_lens` / `max_seq_len` (the samples' boundaries) go to variable-length attention
         (`flash_attention_2`, `sdpa_varlen`), which then skips the attention between samples.
         """
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_features)
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_features, image_grids)
         if position_ids is not None:
             attention_mask = None
             llm_kwargs.update(position_ids=position_ids, use_cache=False)
@@ -120,6 +142,7 @@ class VisionLanguageModel(nn.Module):
             cu_seq_lens=batch.get("cu_seq_lens"),
             max_seq_len=batch.get("max_seq_len"),
             image_features=batch.get("image_features"),  # frozen-encoder feature cache (data.feature_cache)
+            image_grids=batch.get("image_grids"),  # tiled images (data.image_resize=anyres)
         ).loss
 
     @torch.no_grad()
@@ -129,13 +152,14 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         max_new_tokens: int = 32,
+        image_grids: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """New token ids [B, <= max_new_tokens] for left-padded prompts, decoded with the LLM's KV cache.
 
         Greedy unless `do_sample=True` is passed; stops at the tokenizer's EOS.
         """
-        inputs_embeds = self.embed_inputs(input_ids, pixel_values)
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grids=image_grids)
         tokenizer = self.llm.tokenizer
         generate_kwargs.setdefault("do_sample", False)
         return self.llm.model.generate(
@@ -155,6 +179,11 @@ class VisionLanguageModel(nn.Module):
         pixel_values = batch["pixel_values"]
         if pixel_values is not None:
             pixel_values = pixel_values.to(device, next(self.encoder.parameters()).dtype)
+        grids = batch.get("image_grids")
         return self.generate(
-            batch["input_ids"].to(device), batch["attention_mask"].to(device), pixel_values, **generate_kwargs
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            pixel_values,
+            image_grids=grids,
+            **generate_kwargs,
         )

@@ -4,7 +4,7 @@ Model FLOPs as in PaLM's MFU: the work the model needs, not what the hardware ra
 (activation checkpointing, the chunked loss's backward) and padding are not counted. Per part:
 
 - encoder: forward FLOPs per image, counted once by `FlopCounterMode` when the encoder probes its
-  shapes (`VisionEncoder.flops_per_image`); the images' count comes from the batch;
+  shapes (`VisionEncoder.flops_per_image`); the count of tiles (one per image unless tiled) comes from the batch;
 - connector: forward FLOPs per image, counted the same way when the estimate is built;
 - LLM: 2 x (decoder matmul weights) per real token, 2 x d x V per token that reaches `lm_head` (every
   token with `loss: full`, answer targets only with `loss: chunked`), and attention's two T x T
@@ -95,10 +95,10 @@ class FlopsEstimate:
         llm += 4 * self.attention_width * int((lengths**2).sum())
         features = batch.get("image_features")
         pixels = batch.get("pixel_values")
-        num_images = len(features if features is not None else pixels if pixels is not None else ())
-        encoder = 0 if features is not None else num_images * self.encoder_per_image  # cached features: no encoder
+        num_tiles = len(features if features is not None else pixels if pixels is not None else ())
+        encoder = 0 if features is not None else num_tiles * self.encoder_per_image  # cached features: no encoder
         return (
             self.passes["encoder"] * encoder
-            + self.passes["connector"] * num_images * self.connector_per_image
+            + self.passes["connector"] * num_tiles * self.connector_per_image
             + self.passes["llm"] * llm
         )

@@ -28,6 +28,7 @@ from vlmlab.models.contrastive_loss import (
     siglip_loss,
     world,
 )
+from vlmlab.models.image_layout import base_tile_indices
 from vlmlab.models.text_towers import TextTower
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.flops import FlopsEstimate
@@ -101,8 +102,11 @@ class ContrastiveAlignment(nn.Module):
 
     def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised (image, text) embeddings of the batch's pairs [B, embed_dim] each. (Called as a module,
-        so that FSDP2 gathers this objective's sharded weights around it.)"""
+        so that FSDP2 gathers this objective's sharded weights around it.) A tiled image (anyres) is seen
+        through its base tile, the whole image."""
         pixel_values, rows = batch["pixel_values"], len(batch["ids"])
+        if pixel_values is not None:
+            pixel_values = pixel_values[base_tile_indices(batch.get("image_grids"), len(pixel_values))]
         images = 0 if pixel_values is None else len(pixel_values)
         if images != rows or batch.get("position_ids") is not None:
             raise ValueError(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 
@@ -23,3 +26,9 @@ class Connector(nn.Module):
     @property
     def num_out_tokens(self) -> int:
         return self.num_in_tokens
+
+    def add_image_newline(self) -> None:
+        """LLaVA-NeXT's learned `image_newline` token (`model.image_newline: true`), which ends each row of a
+        tiled image's tokens (`vlmlab.models.image_layout`). It is a parameter of the connector, so it trains
+        and freezes with it; initialised as LLaVA-NeXT does (normal, std 1/sqrt(out_dim))."""
+        self.image_newline = nn.Parameter(torch.randn(self.out_dim) / math.sqrt(self.out_dim))
