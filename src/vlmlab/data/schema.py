@@ -23,6 +23,19 @@ class AnyresSchema:
 
 
 @dataclass
+class SynthSchema:
+    """`data.synthetic`: the fields of `vlmlab.data.synthetic.SynthConfig`."""
+
+    seed: int = 0
+    image_size: int = 96
+    num_train: int = 3000
+    num_val: int = 100
+    num_test: int = 300
+    train_turns: int = 4
+    tasks: list[str] = field(default_factory=lambda: ["caption", "vqa", "doc"])
+
+
+@dataclass
 class SourceSchema:
     task: str = "caption"
     format: str = "llava"
@@ -39,7 +52,7 @@ class DataSchema:
     sources: dict[str, Any] = field(default_factory=dict)
     mixtures: dict[str, dict[str, Any]] = field(default_factory=dict)  # weights: checked to be positive numbers
     root: str | None = None
-    synthetic: dict[str, int] | None = None
+    synthetic: SynthSchema | None = None
     on_bad_record: str = "skip"
     max_length: int = 2048
     image_resize: str = "letterbox"

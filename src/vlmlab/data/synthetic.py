@@ -6,11 +6,20 @@ are drawn on a 3x3 grid of cells (one shape or one character per cell), so at 96
 LLaVA on-disk format: PNG images plus JSON lists of records with `id`, `image` and
 `conversations`; vlmlab adds `task` and, for evaluation, `answers` (the accepted answers).
 
+`hires_doc` (written only when `SynthConfig.tasks` names it) is a tall receipt of 6 or 9 lines, 3 or 6
+characters wide (96x192, 96x288 or 192x288 px at image_size 96), in the doc task's print: one glyph
+per 32 px cell at the native size, 2-3x squeezed when the whole receipt is resized to 96x96. It is
+what AnyRes tiling is for (experiments/anyres/).
+
 Layout written by `write_synthetic_dataset(root, ...)`:
     root/manifest.json                 generator settings (a changed setting regenerates)
     root/images/<task>/<split>/<id>.png
-    root/<task>/<split>.json           task in {caption, vqa, doc}, split in {train, val, test}
+    root/<task>/<split>.json           task in SynthConfig.tasks (caption, vqa, doc, hires_doc), split in
+                                       {train, val, test}
     root/doc/<split>_text.json         each receipt paired with its printed text ("$43 x3"), for pretraining
+    root/hires_doc/<split>_text.json   each tall receipt with its printed text, line by line
+    root/hires_doc/<split>_tiles.json  each 96 px tile of a tall receipt (images/hires_doc/<split>_tiles/)
+                                       with the text printed on it: its print at the native size, for pretraining
 """
 
 from __future__ import annotations
@@ -22,7 +31,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-TASKS = ("caption", "vqa", "doc")
+TASKS = ("caption", "vqa", "doc")  # the default tasks (the demo's)
+HIRES_TASK = "hires_doc"
+# Every task, in the order that seeds their random streams: adding one at the end leaves the others' files as
+# they were.
+ALL_TASKS = (*TASKS, HIRES_TASK)
 SPLITS = ("train", "val", "test")
 COLORS = {
     "red": (220, 40, 40),
@@ -43,6 +56,12 @@ POSITIONS = (
 FORMAT_VERSION = 3  # bumped when the files change for the same settings (2: ten VQA answers, 3: receipt texts)
 TRANSCRIBE = "Read the receipt."
 VQA_ANNOTATORS = 10
+# Tall receipts: (lines, characters per line), one of them drawn per receipt. At image_size 96 a cell is
+# 32 px: 96x192, 96x288 and 192x288 px (width x height), i.e. AnyRes grids of 2x1, 3x1 and 3x2 tiles.
+HIRES_LAYOUTS = ((6, 3), (9, 3), (9, 6))
+# Item-name letters of the filler lines: none that looks like a digit (O, I, S, B, Z, G) and no x, so that
+# only the total ($nn) and quantity (xn) lines hold digits and the question's line is found by reading.
+FILLER_LETTERS = "ACDEFHKLMNPRTUVWY"
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,22 @@ class SynthConfig:
     num_val: int = 100
     num_test: int = 300
     train_turns: int = 4  # questions per training image (multi-turn conversations)
+    tasks: tuple[str, ...] = TASKS  # which of ALL_TASKS to write (the default leaves hires_doc out)
+
+    def __post_init__(self) -> None:
+        tasks = tuple(self.tasks)  # a list from a YAML config
+        unknown = [t for t in tasks if t not in ALL_TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"synthetic tasks {list(tasks)}: choose among {', '.join(ALL_TASKS)}")
+        object.__setattr__(self, "tasks", tasks)
+
+    def manifest(self) -> dict:
+        """The settings as the manifest records them. `tasks` only when it is not the default: a manifest
+        written before the field existed still matches, so the demo's files are not rewritten."""
+        settings = {**asdict(self), "tasks": list(self.tasks), "format_version": FORMAT_VERSION}
+        if self.tasks == TASKS:
+            del settings["tasks"]
+        return settings
 
 
 @dataclass(frozen=True)
@@ -131,6 +166,67 @@ def render_receipt(receipt: Receipt, size: int, rng: random.Random) -> tuple[Ima
     return image, " ".join(lines)
 
 
+@dataclass(frozen=True)
+class TallReceipt:
+    """A tall receipt: `lines` rows of `width` cells, each row (top to bottom) a (column, text) line."""
+
+    receipt: Receipt
+    width: int
+    rows: tuple[tuple[int, str], ...]
+
+    @property
+    def text(self) -> str:
+        return " ".join(line for _, line in self.rows)
+
+
+def sample_tall_receipt(rng: random.Random) -> TallReceipt:
+    """The total line `$nn` and the quantity line `xn` in two random rows of a random layout, every other
+    row an item-name line of filler letters: each row holds print, so squeezing the receipt mixes lines."""
+    receipt = sample_receipt(rng)
+    lines, width = rng.choice(HIRES_LAYOUTS)
+    key_rows = rng.sample(range(lines), 2)
+    key_lines = [f"${receipt.total}", f"x{receipt.items}"]
+    rows = []
+    for row in range(lines):
+        if row in key_rows:
+            line = key_lines[key_rows.index(row)]
+        else:
+            length = rng.randint(max(1, width // 3), width)
+            line = "".join(rng.choice(FILLER_LETTERS) for _ in range(length))
+        rows.append((rng.randint(0, width - len(line)), line))
+    return TallReceipt(receipt, width, tuple(rows))
+
+
+def render_tall_receipt(tall: TallReceipt, cell: int) -> Image.Image:
+    """Drawn as `render_receipt` draws its lines (light on mid-grey, one glyph per `cell`-pixel cell)."""
+    image = Image.new("RGB", (tall.width * cell, len(tall.rows) * cell), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=cell * 8 // 10)
+    for row, (column, line) in enumerate(tall.rows):
+        for i, char in enumerate(line):
+            center = ((column + i) * cell + cell / 2, row * cell + cell / 2)
+            draw.text(
+                center, char, fill=(255, 255, 255), font=font, anchor="mm", stroke_width=1, stroke_fill=(255, 255, 255)
+            )
+    return image
+
+
+def tile_texts(tall: TallReceipt, tile_cells: int) -> list[tuple[int, int, str]]:
+    """(tile row, tile column, text printed on it) of each `tile_cells`-square tile of the receipt, row by
+    row; the text is each row's characters inside the tile, rows joined by spaces ("" for a blank tile)."""
+    tiles = []
+    for tile_row in range(-(-len(tall.rows) // tile_cells)):
+        for tile_col in range(-(-tall.width // tile_cells)):
+            first, last = tile_col * tile_cells, (tile_col + 1) * tile_cells
+            parts = []
+            for column, line in tall.rows[tile_row * tile_cells : (tile_row + 1) * tile_cells]:
+                part = "".join(c for i, c in enumerate(line) if first <= column + i < last)
+                if part:
+                    parts.append(part)
+            tiles.append((tile_row, tile_col, " ".join(parts)))
+    return tiles
+
+
 def caption_of(objects: list[ShapeObject]) -> str:
     parts = [f"a {o.color} {o.shape} in the {o.position}" for o in objects]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -189,8 +285,11 @@ def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple
         receipt = sample_receipt(rng)
         pairs = doc_pairs(receipt, rng, turns)
         image, text = render_receipt(receipt, size, rng)
+    elif task == HIRES_TASK:
+        record, image, tall = sample_tall_record(rng, turns, size)
+        return record, image, tall.text
     else:
-        raise ValueError(f"unknown synthetic task '{task}'; valid: {', '.join(TASKS)}")
+        raise ValueError(f"unknown synthetic task '{task}'; valid: {', '.join(ALL_TASKS)}")
     # VQA keeps VQAv2's ten human answers (here ten who agree), so its official accuracy applies.
     answers = [pairs[-1][1]] * (VQA_ANNOTATORS if task == "vqa" else 1)
     record = {"task": task, "conversations": _conversation(pairs), "answers": answers}
@@ -198,37 +297,78 @@ def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple
 
 
 def write_synthetic_dataset(root: str | Path, config: SynthConfig = SynthConfig()) -> Path:
-    """Write all tasks and splits under `root`; returns the manifest path. Skips work if already there."""
+    """Write the configured tasks and all splits under `root`; returns the manifest path. Skips work if
+    already there."""
     root = Path(root)
     manifest = root / "manifest.json"
-    settings = {**asdict(config), "format_version": FORMAT_VERSION}
+    settings = config.manifest()
     if manifest.exists() and json.loads(manifest.read_text()) == settings:
         return manifest
     sizes = {"train": config.num_train, "val": config.num_val, "test": config.num_test}
-    for task_index, task in enumerate(TASKS):
+    for task in config.tasks:
         for split_index, split in enumerate(SPLITS):
-            rng = random.Random(config.seed * 1000 + task_index * 10 + split_index)
+            # Each task's stream is seeded by its place in ALL_TASKS, whichever tasks are written.
+            rng = random.Random(config.seed * 1000 + ALL_TASKS.index(task) * 10 + split_index)
             turns = config.train_turns if split == "train" else 1
-            image_dir = root / "images" / task / split
-            image_dir.mkdir(parents=True, exist_ok=True)
-            records, texts = [], []
-            for i in range(sizes[split]):
-                record, image, text = sample_record(task, rng, turns, config.image_size)
-                record_id = f"{task}-{split}-{i:06d}"
-                relative = f"images/{task}/{split}/{record_id}.png"
-                image.save(root / relative)
-                records.append({"id": record_id, "image": relative, **record})
-                if text is not None:  # the receipt's printed lines: an image-text pair for pretraining
-                    pair = _conversation([(TRANSCRIBE, text)])
-                    texts.append(
-                        {"id": f"{record_id}-text", "image": relative, "task": "caption", "conversations": pair}
-                    )
-            (root / task).mkdir(exist_ok=True)
-            (root / task / f"{split}.json").write_text(json.dumps(records, indent=1))
-            if texts:
-                (root / task / f"{split}_text.json").write_text(json.dumps(texts, indent=1))
+            write_split(root, task, split, rng, sizes[split], turns, config.image_size)
     manifest.write_text(json.dumps(settings, indent=2))
     return manifest
+
+
+def write_split(root: Path, task: str, split: str, rng: random.Random, count: int, turns: int, size: int) -> None:
+    """`count` records of one task and split, their images, and for receipts their texts (and tiles)."""
+    image_dir = root / "images" / task / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    records, texts, tiles = [], [], []
+    for i in range(count):
+        record_id = f"{task}-{split}-{i:06d}"
+        relative = f"images/{task}/{split}/{record_id}.png"
+        if task == HIRES_TASK:
+            record, image, tall = sample_tall_record(rng, turns, size)
+            text = tall.text
+            tiles += write_tiles(root, f"images/{task}/{split}_tiles", record_id, image, tall, size)
+        else:
+            record, image, text = sample_record(task, rng, turns, size)
+        image.save(root / relative)
+        records.append({"id": record_id, "image": relative, **record})
+        if text is not None:  # the receipt's printed lines: an image-text pair for pretraining
+            texts.append(_text_record(f"{record_id}-text", relative, text))
+    (root / task).mkdir(exist_ok=True)
+    (root / task / f"{split}.json").write_text(json.dumps(records, indent=1))
+    if texts:
+        (root / task / f"{split}_text.json").write_text(json.dumps(texts, indent=1))
+    if tiles:
+        (root / task / f"{split}_tiles.json").write_text(json.dumps(tiles, indent=1))
+
+
+def sample_tall_record(rng: random.Random, turns: int, size: int) -> tuple[dict, Image.Image, TallReceipt]:
+    """One hires_doc record (without id/image path), its image and its receipt; the doc task's questions."""
+    tall = sample_tall_receipt(rng)
+    pairs = doc_pairs(tall.receipt, rng, turns)
+    record = {"task": HIRES_TASK, "conversations": _conversation(pairs), "answers": [pairs[-1][1]]}
+    return record, render_tall_receipt(tall, size // GRID), tall
+
+
+def write_tiles(
+    root: Path, folder: str, record_id: str, image: Image.Image, tall: TallReceipt, size: int
+) -> list[dict]:
+    """Each `size`-pixel tile of a tall receipt's image that holds print, saved under `folder`, as
+    image-text records: the receipt's print at the native size, for an encoder to learn to read."""
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    records = []
+    for row, col, text in tile_texts(tall, GRID):
+        if not text:
+            continue
+        tile_id = f"{record_id}-tile{row}{col}"
+        relative = f"{folder}/{tile_id}.png"
+        image.crop((col * size, row * size, (col + 1) * size, (row + 1) * size)).save(root / relative)
+        records.append(_text_record(tile_id, relative, text))
+    return records
+
+
+def _text_record(record_id: str, image: str, text: str) -> dict:
+    """An image-text pair in the LLaVA format (a caption-like transcription)."""
+    return {"id": record_id, "image": image, "task": "caption", "conversations": _conversation([(TRANSCRIBE, text)])}
 
 
 def tokenizer_corpus(num_samples: int = 2000, seed: int = 0) -> list[str]:
