@@ -1,4 +1,4 @@
-"""`vlmlab-export`: a trained model as a Hugging Face LLaVA folder, or in vlmlab's own folder format."""
+"""`vlmlab-export`: a trained model as a Hugging Face LLaVA or LLaVA-NeXT folder, or in vlmlab's own format."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from vlmlab.cli.entry import hydra_command
 from vlmlab.inference.loading import save_model_folder
 from vlmlab.interop.hf_llava import check_fits_llava, export_hf_llava
 
-FORMATS = ("hf_llava", "vlmlab")
+FORMATS = ("hf_llava", "hf_llava_next", "vlmlab")
 
 
 def export(cfg: DictConfig) -> Path:
@@ -26,10 +26,12 @@ def export(cfg: DictConfig) -> Path:
         save_model_folder(loaded, output)
         print(f"wrote {output} (vlmlab format): vlmlab-generate checkpoint={output} ...")
         return output
-    check_fits_llava(loaded.model)  # before anything is written
-    export_hf_llava(loaded.model, output, loaded.image_resize)
+    next_ = cfg.format == "hf_llava_next"
+    check_fits_llava(loaded.model, next_)  # before anything is written
+    export_hf_llava(loaded.model, output, loaded.image_resize, loaded.anyres, next_)
+    model_class = "LlavaNextForConditionalGeneration" if next_ else "LlavaForConditionalGeneration"
     print(
-        f"wrote {output}: LlavaForConditionalGeneration.from_pretrained('{output}') and "
+        f"wrote {output}: {model_class}.from_pretrained('{output}') and "
         f"AutoProcessor.from_pretrained('{output}') load it"
     )
     return output

@@ -82,8 +82,9 @@ def load_model(
         raise ValueError(f"image_resize={image_resize!r} is not one of {', '.join(get_args(ResizeMode))}")
     path = Path(checkpoint)
     if is_hf_llava_folder(path):
-        model, config, mode = vlm_from_hf_llava(path, chat_template)
-        return LoadedModel(model, config, image_resize or mode, f"{path / 'config.json'} (Hugging Face LLaVA)", path)
+        model, config, mode, anyres = vlm_from_hf_llava(path, chat_template)
+        source = f"{path / 'config.json'} (Hugging Face LLaVA)"
+        return LoadedModel(model, config, image_resize or mode, source, path, anyres)
     if chat_template is not None:
         raise ValueError(
             f"chat_template= applies to Hugging Face LLaVA folders; {checkpoint} keeps the template it trained with"

@@ -1,9 +1,11 @@
-"""vlmlab model <-> a Hugging Face LLaVA folder (`LlavaForConditionalGeneration` + `LlavaProcessor`).
+"""vlmlab model <-> a Hugging Face LLaVA folder (`LlavaForConditionalGeneration` + `LlavaProcessor`) or
+LLaVA-NeXT folder (`LlavaNextForConditionalGeneration` + `LlavaNextProcessor`: AnyRes tiles, `image_newline`).
 
 Export writes what transformers, vLLM and TGI serve; import turns a public LLaVA checkpoint into a
 vlmlab model. Both work only where the parts are LLaVA's: a transformers CLIP or SigLIP vision tower,
 the two-layer GELU projector and a causal LM laid out as `model` + `lm_head`; `check_fits_llava`
 names what else does not fit. vlmlab's own folder format (`vlmlab-export format=vlmlab`) holds any model.
+LLaVA-NeXT's tile grids are `data.anyres.grid_pinpoints` in tiles; its `image_grid_pinpoints` are in pixels.
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 from transformers import (
+    AutoConfig,
     AutoProcessor,
     CLIPImageProcessor,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaImageProcessor,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
     LlavaProcessor,
     SiglipImageProcessor,
 )
 from transformers.image_utils import PILImageResampling
 
-from vlmlab.data.image_processing import ResizeMode
+from vlmlab.data.image_processing import ResizeMode, image_processor_for
+from vlmlab.data.tiling import Tiling
 from vlmlab.interop.llava_weights import llava_to_vlmlab, vlmlab_to_llava
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.connectors.mlp import MLPConnector
@@ -52,9 +60,17 @@ CONTENT_PRELUDE = (
 )
 
 
-def check_fits_llava(model: VisionLanguageModel) -> None:
-    """Raise a ValueError naming every part of `model` that LLaVA's architecture cannot express."""
+LLAVA_MODEL_TYPES = ("llava", "llava_next")
+
+
+def check_fits_llava(model: VisionLanguageModel, next_: bool = False) -> None:
+    """Raise a ValueError naming every part of `model` that LLaVA's (`next_`: LLaVA-NeXT's) architecture
+    cannot express."""
     problems = []
+    if next_ and model.image_newline is None:
+        problems.append("LLaVA-NeXT has a learned image_newline token, this model does not (model.image_newline)")
+    if not next_ and model.image_newline is not None:
+        problems.append("the model has LLaVA-NeXT's image_newline token; export it with format=hf_llava_next")
     encoder, connector, llm = model.encoder, model.connector, model.llm
     if not isinstance(encoder, HFVisionEncoder) or encoder.family not in VISION_MODEL_TYPES:
         kind = f"HFVisionEncoder(family={encoder.family})" if isinstance(encoder, HFVisionEncoder) else type(encoder)
@@ -75,7 +91,8 @@ def check_fits_llava(model: VisionLanguageModel) -> None:
     if any("lora_" in name for name, _ in model.named_parameters()):
         problems.append("the model still holds LoRA adapters; merge them first (a stage's model.safetensors is merged)")
     if problems:
-        raise ValueError("this model does not fit transformers' LLaVA: " + "; ".join(problems) + f". {OWN_FORMAT}.")
+        name = "LLaVA-NeXT" if next_ else "LLaVA"
+        raise ValueError(f"this model does not fit transformers' {name}: " + "; ".join(problems) + f". {OWN_FORMAT}.")
 
 
 def feature_select_strategy(encoder: HFVisionEncoder) -> str:
@@ -83,23 +100,29 @@ def feature_select_strategy(encoder: HFVisionEncoder) -> str:
     return "default" if encoder.num_dropped_tokens else "full"
 
 
-def llava_config(model: VisionLanguageModel) -> LlavaConfig:
+def llava_config(model: VisionLanguageModel, tiling: Tiling | None = None) -> LlavaConfig | LlavaNextConfig:
+    """LLaVA's config of `model`; LLaVA-NeXT's with `tiling` (its grids in pixels)."""
     encoder, llm = model.encoder, model.llm
     layers = encoder.feature_layers
-    return LlavaConfig(
+    fields = dict(
         vision_config=encoder.model.config.to_dict(),
         text_config=llm.model.config.to_dict(),
         image_token_index=model.image_token_id,
-        image_seq_length=model.num_image_tokens,
+        image_seq_length=model.connector.num_out_tokens,
         projector_hidden_act="gelu",
         multimodal_projector_bias=True,
         vision_feature_layer=layers[0] if len(layers) == 1 else layers,
         vision_feature_select_strategy=feature_select_strategy(encoder),
         tie_word_embeddings=bool(llm.model.config.tie_word_embeddings),
     )
+    if tiling is None:
+        return LlavaConfig(**fields)
+    return LlavaNextConfig(**fields, image_grid_pinpoints=[list(r) for r in tiling.resolutions])
 
 
-def image_processor(encoder: HFVisionEncoder, mode: ResizeMode) -> CLIPImageProcessor | SiglipImageProcessor:
+def image_processor(
+    encoder: HFVisionEncoder, mode: ResizeMode, tiling: Tiling | None = None
+) -> CLIPImageProcessor | SiglipImageProcessor | LlavaNextImageProcessor:
     """A transformers image processor preparing images as vlmlab's `ImageProcessor` does in `mode`.
 
     Same geometry, interpolation (bilinear, antialiased) and normalisation; transformers resizes the
@@ -111,6 +134,11 @@ def image_processor(encoder: HFVisionEncoder, mode: ResizeMode) -> CLIPImageProc
         image_mean=list(p.mean), image_std=list(p.std), resample=PILImageResampling.BILINEAR, do_convert_rgb=True
     )
     square = {"height": p.height, "width": p.width}
+    if mode == "anyres":  # the tiles are encoder-sized already: no crop; padded to one tile count per batch
+        pinpoints = [list(r) for r in tiling.resolutions]
+        return LlavaNextImageProcessor(
+            size=square, crop_size=square, do_center_crop=False, do_pad=True, image_grid_pinpoints=pinpoints, **common
+        )
     if mode == "resize_crop":
         return CLIPImageProcessor(
             size={"shortest_edge": min(p.height, p.width)}, crop_size=square, do_center_crop=True, **common
@@ -121,19 +149,33 @@ def image_processor(encoder: HFVisionEncoder, mode: ResizeMode) -> CLIPImageProc
     return cls(size=square, do_center_crop=False, **common)
 
 
-def export_hf_llava(model: VisionLanguageModel, folder: str | Path, image_resize: ResizeMode = "resize") -> Path:
-    """Write `model` as a folder that `LlavaForConditionalGeneration.from_pretrained` and
-    `AutoProcessor.from_pretrained` load: config, safetensors weights, tokenizer, processor, chat template."""
-    check_fits_llava(model)
+def export_hf_llava(
+    model: VisionLanguageModel,
+    folder: str | Path,
+    image_resize: ResizeMode = "resize",
+    anyres: dict[str, Any] | None = None,
+    next_: bool = False,
+) -> Path:
+    """Write `model` as a folder that `LlavaForConditionalGeneration.from_pretrained` (`next_`:
+    `LlavaNextForConditionalGeneration`, with the tile grids of `anyres`) and `AutoProcessor.from_pretrained`
+    load: config, safetensors weights, tokenizer, processor, chat template."""
+    check_fits_llava(model, next_)
+    if next_ and image_resize != "anyres":
+        raise ValueError(
+            f"LLaVA-NeXT tiles its images: the model was trained with image_resize={image_resize}, not anyres"
+        )
+    tiling = image_processor_for(model.encoder.preprocessing, "anyres", anyres).tiling if next_ else None
     folder = Path(folder)
-    llava = LlavaForConditionalGeneration(llava_config(model)).to(next(model.parameters()).dtype)
+    model_class = LlavaNextForConditionalGeneration if next_ else LlavaForConditionalGeneration
+    llava = model_class(llava_config(model, tiling)).to(next(model.parameters()).dtype)
     missing, unexpected = llava.load_state_dict(vlmlab_to_llava(model.state_dict()), strict=False)
     if missing or unexpected:
         raise ValueError(f"LLaVA's layout differs from this model's: missing {missing}, unexpected {unexpected}")
     llava.eval().save_pretrained(str(folder))
     tokenizer, encoder = model.llm.tokenizer, model.encoder
-    processor = LlavaProcessor(
-        image_processor=image_processor(encoder, image_resize),
+    processor_class = LlavaNextProcessor if next_ else LlavaProcessor
+    processor = processor_class(
+        image_processor=image_processor(encoder, image_resize, tiling),
         tokenizer=tokenizer,
         patch_size=encoder.model.config.patch_size,
         vision_feature_select_strategy=feature_select_strategy(encoder),
@@ -147,6 +189,8 @@ def export_hf_llava(model: VisionLanguageModel, folder: str | Path, image_resize
 
 def resize_mode(processor: Any) -> ResizeMode:
     """vlmlab's resize mode for a LLaVA folder's image processor (CLIP's own processors centre-crop)."""
+    if getattr(processor, "image_grid_pinpoints", None):
+        return "anyres"
     if getattr(processor, "do_pad", False):
         return "letterbox"
     return "resize_crop" if getattr(processor, "do_center_crop", False) else "resize"
@@ -177,14 +221,30 @@ def check_processor_files(folder: Path) -> None:
         )
 
 
-def llava_model_config(folder: str | Path, chat_template: str | None = None) -> tuple[dict[str, Any], ResizeMode]:
-    """The vlmlab model config (encoder, connector, llm) of a LLaVA folder, and its resize mode.
+def anyres_options(config: LlavaNextConfig) -> dict[str, Any]:
+    """`data.anyres` of a LLaVA-NeXT config: its pixel grids as tile grids of the vision tower's size."""
+    tile = config.vision_config.image_size
+    if any(h % tile or w % tile for h, w in config.image_grid_pinpoints):
+        raise ValueError(
+            f"LLaVA-NeXT's image_grid_pinpoints {config.image_grid_pinpoints} are not whole tiles of {tile} px"
+        )
+    return {"grid_pinpoints": [[h // tile, w // tile] for h, w in config.image_grid_pinpoints], "max_tiles": None}
+
+
+def llava_model_config(
+    folder: str | Path, chat_template: str | None = None
+) -> tuple[dict[str, Any], ResizeMode, dict[str, Any] | None]:
+    """The vlmlab model config (encoder, connector, llm) of a LLaVA or LLaVA-NeXT folder, its resize mode
+    and its tile grids (`data.anyres`; None for LLaVA).
 
     The config builds the architecture with random weights (`pretrained: null`, `from_config`); the
     weights come from a vlmlab weights file (`init_from=`, `checkpoint=`). The tokenizer is the folder's.
+    vlmlab resizes with bilinear interpolation, LLaVA-NeXT's processor with bicubic: pixel values of the
+    same image differ slightly (the tiles and token counts do not).
     """
     folder = Path(folder)
-    config = LlavaConfig.from_pretrained(str(folder))
+    config = AutoConfig.from_pretrained(str(folder))
+    is_next = config.model_type == "llava_next"
     vision_type = config.vision_config.model_type
     family = next((f for f, t in VISION_MODEL_TYPES.items() if t == vision_type), None)
     problems = []
@@ -206,6 +266,7 @@ def llava_model_config(folder: str | Path, chat_template: str | None = None) -> 
             "chat_template=<a name (vicuna_v1 for LLaVA-1.5, simple) or a Jinja string>"
         )
     model_cfg = {
+        "image_newline": is_next,
         "encoder": {
             "_target_": "vlmlab.models.encoders.HFVisionEncoder",
             "family": family,
@@ -227,20 +288,22 @@ def llava_model_config(folder: str | Path, chat_template: str | None = None) -> 
             "image_token": processor.image_token,
         },
     }
-    return model_cfg, resize_mode(images)
+    return model_cfg, resize_mode(images), anyres_options(config) if is_next else None
 
 
 def vlm_from_hf_llava(
     folder: str | Path, chat_template: str | None = None
-) -> tuple[VisionLanguageModel, dict[str, Any], ResizeMode]:
-    """A vlmlab model holding a LLaVA folder's weights, its model config and its resize mode.
+) -> tuple[VisionLanguageModel, dict[str, Any], ResizeMode, dict[str, Any] | None]:
+    """A vlmlab model holding a LLaVA (or LLaVA-NeXT) folder's weights, its model config, its resize mode
+    and its tile grids (`data.anyres`, LLaVA-NeXT only).
 
     The LLaVA model is loaded once with transformers (which converts older checkpoint layouts), its
     weights are copied over by name, then it is dropped: peak memory is about twice the model.
     """
-    model_cfg, mode = llava_model_config(folder, chat_template)
+    model_cfg, mode, anyres = llava_model_config(folder, chat_template)
     model = build_vlm(OmegaConf.create(model_cfg))
-    llava = LlavaForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32)
+    model_class = LlavaNextForConditionalGeneration if anyres is not None else LlavaForConditionalGeneration
+    llava = model_class.from_pretrained(str(folder), dtype=torch.float32)
     weights = llava_to_vlmlab(llava.state_dict())
     if model.llm.model.get_input_embeddings().num_embeddings != llava.config.text_config.vocab_size:
         raise ValueError(
@@ -249,10 +312,11 @@ def vlm_from_hf_llava(
         )
     model.load_state_dict(weights, strict=True)
     del llava
-    return model.eval(), model_cfg, mode
+    return model.eval(), model_cfg, mode, anyres
 
 
 def is_hf_llava_folder(path: Path) -> bool:
-    """A folder holding a transformers LLaVA config (an export, or a checkpoint such as llava-hf/llava-1.5-7b-hf)."""
+    """A folder holding a transformers LLaVA or LLaVA-NeXT config (an export, or a checkpoint such as
+    llava-hf/llava-1.5-7b-hf or llava-hf/llava-v1.6-vicuna-7b-hf)."""
     config = path / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == "llava"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") in LLAVA_MODEL_TYPES

@@ -17,6 +17,7 @@ LLAVA_TO_VLMLAB = (
     ("model.multi_modal_projector.linear_2.", "connector.layers.2."),
     ("model.language_model.", "llm.model.model."),
     ("lm_head.", "llm.model.lm_head."),
+    ("model.image_newline", "connector.image_newline"),  # LLaVA-NeXT's row-end token
 )
 
 
