@@ -24,7 +24,7 @@ from vlmlab.data.image_processing import ImageProcessor, image_processor_for
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.tiling import Tiling, select_best_resolution
 from vlmlab.models.encoders.base import ImagePreprocessing
-from vlmlab.models.image_layout import ImageTokenLayout, arrange_image_tokens, unpadded_size
+from vlmlab.models.image_layout import ImageTokenLayout, arrange_image_tokens, tokens_side, unpadded_size
 from vlmlab.models.vlm import VisionLanguageModel
 
 LLAVA_NEXT_GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # LLaVA-NeXT's pinpoints at 336 px, in tiles
@@ -38,6 +38,12 @@ def test_grid_choice_equals_transformers(grids: tuple, tile: int) -> None:
     resolutions = [(r * tile, c * tile) for r, c in grids]
     for size in itertools.product(SIDES, SIDES):
         assert select_best_resolution(size, resolutions) == hf_select_best_resolution(size, resolutions), size
+
+
+def test_tiles_need_a_square_of_tokens() -> None:
+    assert tokens_side(576) == 24
+    with pytest.raises(ValueError, match="gives 32 tokens per tile"):
+        tokens_side(32)  # e.g. a Q-Former's 32 queries
 
 
 def test_max_tiles_leaves_out_larger_grids() -> None:

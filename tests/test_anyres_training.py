@@ -4,6 +4,7 @@ frozen-encoder feature cache; then answered by `vlmlab-generate` from the stage 
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,8 +14,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.conftest import MODEL_OVERRIDES
 from tests.test_distributed_training import BIN, ONE_THREAD, loss_histories, train
 from vlmlab.data.tiling import Tiling
+from vlmlab.models.image_layout import ImageTokenLayout
 
 ANYRES = [
     "data.image_resize=anyres",
@@ -86,3 +89,19 @@ def test_generate_answers_with_the_runs_tiling(runs: Path, shaped_root: Path) ->
         capture_output=True, text=True, timeout=300, env=ONE_THREAD, cwd=runs,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_data_check_reports_image_tokens_per_image(shaped_root: Path, tmp_path: Path) -> None:
+    command = [str(BIN / "vlmlab-data"), "check", *MODEL_OVERRIDES, f"data.root={shaped_root}", "data.synthetic=null"]
+    flags = ["--source", "doc", "--json"]
+    untiled = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    tiled = subprocess.run([*command, *ANYRES[:2], *flags], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert untiled.returncode == 0 and tiled.returncode == 0, tiled.stderr[-2000:]
+    per_image = {
+        name: json.loads(r.stdout)["splits"][0]["image_tokens_per_image"]
+        for name, r in (("untiled", untiled), ("tiled", tiled))
+    }
+    assert per_image["untiled"] == {"p50": 9, "p90": 9, "p99": 9, "p100": 9}  # the tiny ViT's 3 x 3 tokens
+    layout, tiling = ImageTokenLayout(9, newline=True), Tiling(GRIDS, 96)
+    counts = sorted(layout.count((*tiling.grid(shape), *shape)) for shape in SHAPES)
+    assert per_image["tiled"]["p100"] == counts[-1] and per_image["tiled"]["p50"] in counts

@@ -1,11 +1,13 @@
 """`vlmlab-data check`: encode every record of a configured dataset exactly as training would, and
-report records, images found on disk, problems by reason (with the first ids) and token length percentiles."""
+report records, images found on disk, problems by reason (with the first ids), token length percentiles and
+image tokens per image (which vary with each image's tile grid under `data.image_resize=anyres`)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from vlmlab.data.chat_format import SampleError
 from vlmlab.data.conversation_dataset import record_images
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.models.image_layout import ImageTokenLayout
 
 SHOWN_IDS = 5  # problem ids listed per reason
 PERCENTILES = (50, 90, 99, 100)
@@ -31,24 +34,40 @@ class SplitReport:
     images_found: int = 0
     problems: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     lengths: list[int] = field(default_factory=list)
+    image_tokens: list[int] = field(default_factory=list)  # per image
 
     @property
     def num_problems(self) -> int:
         return sum(len(ids) for ids in self.problems.values())
 
     def length_percentiles(self) -> dict[int, int]:
-        if not self.lengths:
-            return {}
-        values = torch.tensor(self.lengths, dtype=torch.float)
-        return {p: int(torch.quantile(values, p / 100, interpolation="nearest")) for p in PERCENTILES}
+        return percentiles(self.lengths)
+
+    def image_token_percentiles(self) -> dict[int, int]:
+        return percentiles(self.image_tokens)
 
 
-def _summaries(samples: list[dict[str, Any]]) -> list[tuple[Any, str | None, str, int]]:
-    """(id, skip reason, message, tokens) per sample: all the report keeps of a batch."""
-    return [
-        (s["id"], s["skipped"], s["message"], 0) if "skipped" in s else (s["id"], None, "", len(s["input_ids"]))
-        for s in samples
-    ]
+def percentiles(values: list[int]) -> dict[int, int]:
+    if not values:
+        return {}
+    tensor = torch.tensor(values, dtype=torch.float)
+    return {p: int(torch.quantile(tensor, p / 100, interpolation="nearest")) for p in PERCENTILES}
+
+
+def _summaries(
+    samples: list[dict[str, Any]], layout: ImageTokenLayout | None, per_image: int
+) -> list[tuple[Any, str | None, str, int, list[int]]]:
+    """(id, skip reason, message, tokens, image tokens of each image) per sample: all the report keeps of a batch."""
+    summaries = []
+    for s in samples:
+        if "skipped" in s:
+            summaries.append((s["id"], s["skipped"], s["message"], 0, []))
+            continue
+        grids = s.get("image_grids")
+        grids = [] if grids is None else grids.tolist()
+        images = [layout.count(g) for g in grids] if layout is not None else [per_image] * len(grids)
+        summaries.append((s["id"], None, "", len(s["input_ids"]), images))
+    return summaries
 
 
 def check_split(
@@ -73,16 +92,17 @@ def check_split(
         Subset(dataset, range(count)),
         batch_size=batch_size,
         num_workers=datamodule.num_workers,
-        collate_fn=_summaries,
+        collate_fn=partial(_summaries, layout=dataset.image_layout, per_image=datamodule.formatter.num_image_tokens),
     )
     for batch in loader:
-        for record_id, reason, message, tokens in batch:
+        for record_id, reason, message, tokens, image_tokens in batch:
             if reason is not None and datamodule.on_bad_record == "raise":
                 raise SampleError(reason, message)
             if reason is not None:
                 report.problems[reason].append(record_id)
             else:
                 report.lengths.append(tokens)
+                report.image_tokens.extend(image_tokens)
     return report
 
 
@@ -115,6 +135,7 @@ def report_dict(reports: list[SplitReport], max_length: int) -> dict[str, Any]:
                 "problems": {reason: list(ids) for reason, ids in r.problems.items()},
                 "num_problems": r.num_problems,
                 "token_length_percentiles": {f"p{p}": v for p, v in r.length_percentiles().items()},
+                "image_tokens_per_image": {f"p{p}": v for p, v in r.image_token_percentiles().items()},
             }
             for r in reports
         ],
@@ -123,7 +144,8 @@ def report_dict(reports: list[SplitReport], max_length: int) -> dict[str, Any]:
 
 def print_report(reports: list[SplitReport], max_length: int, console: Console | None = None) -> None:
     table = Table(title=f"dataset check: token lengths by percentile (max_length={max_length})")
-    for column in ("source", "split", "records", "images", *(f"p{p}" for p in PERCENTILES), "problems"):
+    columns = ("source", "split", "records", "images", *(f"p{p}" for p in PERCENTILES), "image tokens p50/p99")
+    for column in (*columns, "problems"):
         table.add_column(column, justify="left" if column in ("source", "split", "problems") else "right")
     for r in reports:
         percentiles = r.length_percentiles()
@@ -136,6 +158,7 @@ def print_report(reports: list[SplitReport], max_length: int, console: Console |
             str(r.records),
             f"{r.images_found}/{r.images_referenced}",
             *(str(percentiles.get(p, "-")) for p in PERCENTILES),
+            "/".join(str(r.image_token_percentiles().get(p, "-")) for p in (50, 99)),
             problems or "none",
         )
     (console or Console()).print(table)

@@ -24,8 +24,9 @@ from vlmlab.data.image_processing import ImageProcessor, image_processor_for, im
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
+from vlmlab.errors import UsageError
 from vlmlab.models.encoders.base import VisionEncoder
-from vlmlab.models.image_layout import ImageTokenLayout
+from vlmlab.models.image_layout import ImageTokenLayout, tokens_side
 from vlmlab.models.vlm import VisionLanguageModel
 
 
@@ -141,6 +142,11 @@ class VLMDataModule(L.LightningDataModule):
         `encoder_frozen` lets it use `data.feature_cache` (when enabled)."""
         feature_cache = data_cfg.get("feature_cache")
         synthetic = data_cfg.get("synthetic")
+        if data_cfg.image_resize == "anyres":
+            try:
+                tokens_side(model.connector.num_out_tokens)
+            except ValueError as err:
+                raise UsageError(f"{err} (model.connector={type(model.connector).__name__})") from err
         formatter = ChatFormatter(
             model.llm.tokenizer, model.llm.image_token, model.num_image_tokens, max_length=data_cfg.max_length
         )
