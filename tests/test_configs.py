@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+from transformers import LlavaNextImageProcessor
 
 from vlmlab.config import config_dir, group_options, validate_config
 from vlmlab.models.builder import build_vlm
@@ -186,6 +187,18 @@ def test_llava15_preset_is_the_published_recipe(compose_config) -> None:
     for stage in stages.values():
         assert (stage.max_steps, stage.max_epochs, stage.warmup_ratio) == (-1, 1, 0.03)
         assert (stage.precision, stage.gradient_checkpointing) == ("bf16-mixed", True)
+
+
+def test_llava_next_preset_is_llava15_with_llava_nexts_tiles(compose_config) -> None:
+    """The grids at 336 px are transformers' LLaVA-NeXT defaults (image_grid_pinpoints, in pixels)."""
+    cfg, stages = _stages(compose_config, "llava_next")
+    assert (cfg.data.image_resize, cfg.model.image_newline, cfg.data.max_length) == ("anyres", True, 4096)
+    grids = [[r * 336, c * 336] for r, c in cfg.data.anyres.grid_pinpoints]
+    assert grids == LlavaNextImageProcessor.image_grid_pinpoints
+    instruct = stages["instruct"]
+    assert instruct.train == {"encoder": "full", "connector": "full", "llm": "full"}
+    assert (instruct.lr["encoder"], instruct.lr["llm"]) == (2e-6, 2e-5)
+    assert cfg.model.llm.pretrained == "lmsys/vicuna-7b-v1.5"
 
 
 def test_llava15_lora_and_prismatic_one_stage_presets(compose_config) -> None:
