@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlavaNextConfig, LlavaNextImageProcessor, LlavaNextModel, LlavaNextProcessor
 from transformers.image_processing_utils import select_best_resolution as hf_select_best_resolution
 
@@ -26,6 +28,8 @@ from vlmlab.data.tiling import Tiling, select_best_resolution
 from vlmlab.models.encoders.base import ImagePreprocessing
 from vlmlab.models.image_layout import ImageTokenLayout, arrange_image_tokens, tokens_side, unpadded_size
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.training.module import VLMTrainingModule
+from vlmlab.training.stage import StageSpec
 
 LLAVA_NEXT_GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # LLaVA-NeXT's pinpoints at 336 px, in tiles
 ONEVISION_GRIDS = tuple((r, c) for r in range(1, 7) for c in range(1, 7))  # anyres_max: every grid up to 6x6
@@ -239,3 +243,19 @@ def test_generation_takes_tiled_images(anyres_model: VisionLanguageModel, tmp_pa
     logits = anyres_model(ids, mask, batch["pixel_values"], image_grids=batch["image_grids"]).logits
     other = model_copy(ids, mask, batch["pixel_values"], image_grids=batch["image_grids"]).logits
     assert not torch.allclose(logits, other)
+
+
+def test_flops_per_batch_count_every_tile(anyres_model: VisionLanguageModel, tmp_path: Path) -> None:
+    """The MFU's FLOPs of a tiled batch: the encoder and connector once per tile, the LLM on every image token."""
+    dataset = anyres_dataset(anyres_model, tmp_path)
+    batch = collate([dataset[i] for i in range(len(dataset))], anyres_model.llm.tokenizer.pad_token_id)
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])  # padding is not counted by the estimate
+    train = dict.fromkeys(("encoder", "connector", "llm"), "full")
+    module = VLMTrainingModule(
+        anyres_model, StageSpec(name="s", mixture="m", train=train, lr=dict.fromkeys(train, 1e-3), loss="full")
+    )
+    module.train()
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        module.batch_loss(batch).backward()
+    module.training_step(batch, 0)
+    assert abs(module.flops_per_batch / counter.get_total_flops() - 1) < 0.1  # as tests/test_flops.py, untiled
