@@ -16,7 +16,7 @@ from vlmlab.cli.common import load_from_command_line
 from vlmlab.cli.entry import hydra_command
 from vlmlab.cli.generate import generation_options
 from vlmlab.data.chat_format import SampleError
-from vlmlab.data.image_processing import ImageLoadError
+from vlmlab.data.image_processing import ImageLoadError, ProcessedImage
 from vlmlab.inference.answer import Assistant, GenerationOptions
 
 HELP = "commands: /image PATH (attach to your next message), /reset (start over), /help (this list), /quit"
@@ -25,8 +25,8 @@ HELP = "commands: /image PATH (attach to your next message), /reset (start over)
 def chat(assistant: Assistant, options: GenerationOptions, lines: TextIO, out: TextIO, interactive: bool) -> int:
     """Run the conversation over `lines`; returns the number of answers given."""
     messages: list[dict[str, str]] = []
-    images: list[torch.Tensor] = []  # every image of the conversation, in order
-    pending: list[torch.Tensor] = []  # attached to the next message
+    images: list[ProcessedImage] = []  # every image of the conversation, in order
+    pending: list[ProcessedImage] = []  # attached to the next message
     answers = 0
     if interactive:
         print(HELP, file=out)
