@@ -22,6 +22,7 @@ from vlmlab.data.feature_cache import feature_store
 from vlmlab.data.formats import HFRecords, Record, read_split, split_origin
 from vlmlab.data.image_processing import ImageProcessor, image_processor_for, image_size
 from vlmlab.data.packing import collate_packed
+from vlmlab.data.record_store import RecordStore
 from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.errors import UsageError
@@ -245,6 +246,8 @@ class VLMDataModule(L.LightningDataModule):
         own tokens, from the size in each image's header (read once per record, not decoded)."""
         records = self.records(source, split)
         if self.image_processor.tiling is None or self.image_layout is None:
+            if isinstance(records, RecordStore):
+                return records.estimated_lengths(self.formatter.num_image_tokens)
             if isinstance(records, HFRecords):
                 records = records.text_records()
             return [estimate_length(r, self.formatter.num_image_tokens) for r in records]

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from vlmlab.data.record_store import RecordStore, iter_json_list
 from vlmlab.errors import UsageError
 
 Record = dict[str, Any]
@@ -63,20 +64,20 @@ def bad_record(record_id: Any, reason: str, message: str) -> Record:
     return {"id": record_id, "error": [reason, message]}
 
 
-def read_llava(split: dict[str, Any], name: str, prompt: str | None) -> list[Record]:
-    """LLaVA's JSON (558K pretraining, 665K instruction mix): a list of records, images relative to `images`."""
+def read_llava(split: dict[str, Any], name: str, prompt: str | None) -> RecordStore:
+    """LLaVA's JSON (558K pretraining, 665K instruction mix): a list of records, images relative to `images`.
+    Decoded one record at a time into a `RecordStore` (the whole list never exists as dicts)."""
     path = Path(split["file"])
-    records = read_json(path, "LLaVA-format")
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of records (LLaVA format), found {type(records).__name__}")
     root = Path(split.get("images") or path.parent)
-    for record in records:
-        if not isinstance(record, dict):
-            continue  # reported as malformed by the dataset
-        image = record.get("image")
-        if image is not None:
-            record["image"] = [str(root / p) for p in ([image] if isinstance(image, str) else image)]
-    return records
+
+    def resolved(records: Iterable[Any]) -> Iterator[Any]:
+        for record in records:
+            image = record.get("image") if isinstance(record, dict) else None  # not a dict: malformed, reported later
+            if image is not None:
+                record["image"] = [str(root / p) for p in ([image] if isinstance(image, str) else image)]
+            yield record
+
+    return RecordStore.from_records(resolved(iter_json_list(path, "LLaVA-format")))
 
 
 def read_coco_captions(split: dict[str, Any], name: str, prompt: str | None) -> list[Record]:
@@ -321,8 +322,10 @@ def missing_paths(source_name: str, source: dict[str, Any], split: str) -> list[
 
 
 def read_split(source_name: str, source: dict[str, Any], split: str) -> Sequence[Record]:
-    """The records of one split of a configured source."""
+    """The records of one split of a configured source, in a form that loader workers share without copying
+    (a `RecordStore`, or the memory-mapped table of an HF source)."""
     spec = split_spec(source_name, source, split)
     if spec is None:
         raise ValueError(f"data source '{source_name}' has no '{split}' split in the data config")
-    return READERS[source.get("format", "llava")](spec, split, source.get("prompt"))
+    records = READERS[source.get("format", "llava")](spec, split, source.get("prompt"))
+    return records if isinstance(records, RecordStore | HFRecords) else RecordStore.from_records(records)

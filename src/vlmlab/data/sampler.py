@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from vlmlab.data.record_store import record_words
+
 
 def estimate_length(record: Any, image_tokens: int | Callable[[Any], int]) -> int:
     """Words of all turns plus the image tokens, negative for a text-only record (LLaVA's convention:
@@ -17,11 +19,7 @@ def estimate_length(record: Any, image_tokens: int | Callable[[Any], int]) -> in
     `image_tokens`: tokens per image, or a function of the image (path or stored image) giving them."""
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         return 0
-    words = sum(
-        len(str(turn.get("value", turn.get("content", ""))).split())
-        for turn in record["conversations"]
-        if isinstance(turn, dict)
-    )
+    words = record_words(record)
     image = record.get("image")
     images = [] if image is None else [image] if isinstance(image, str | dict) else list(image)
     if not images:
