@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import fields
 from pathlib import Path
 
 from PIL import Image
 
 from vlmlab.cli.data import main as data_main
+from vlmlab.data.schema import SynthSchema
 from vlmlab.data.synthetic import (
     COLORS,
     GRID,
+    HIRES_TASK,
     POSITIONS,
     SPLITS,
     TASKS,
@@ -23,12 +26,30 @@ from vlmlab.data.synthetic import (
     write_synthetic_dataset,
 )
 
+# content_digest of SynthConfig(seed=5, num_train=3, num_val=2, num_test=2) before hires_doc was added
+# (commit e97f401): the demo's published results rest on these files staying as they were.
+DEFAULT_TASKS_DIGEST = "0cf8c34fee6e228ad936ff8ef854799bf4f3e2d781f05836a5be4401061f81e4"
+
 
 def digest(root: Path) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         h.update(path.relative_to(root).as_posix().encode())
         h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def content_digest(root: Path) -> str:
+    """Like `digest`, but of the decoded pixels of each PNG (not its compressed bytes)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode())
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                h.update(f"{image.mode}{image.size}".encode())
+                h.update(image.tobytes())
+        else:
+            h.update(path.read_bytes())
     return h.hexdigest()
 
 
@@ -110,3 +131,43 @@ def test_vqa_pairs_never_asks_more_than_exists() -> None:
     pairs = vqa_pairs(scene, rng, 10)
     assert len(pairs) == len(set(pairs)) == 4
     assert ("How many shapes are there?", "1") in pairs and ("Where is the red shape?", "center") in pairs
+
+
+def test_default_tasks_unchanged_by_hires_doc(tmp_path: Path) -> None:
+    small = {"seed": 5, "num_train": 3, "num_val": 2, "num_test": 2}
+    write_synthetic_dataset(tmp_path / "default", SynthConfig(**small))
+    assert content_digest(tmp_path / "default") == DEFAULT_TASKS_DIGEST
+    assert "tasks" not in json.loads((tmp_path / "default" / "manifest.json").read_text())
+    # Written beside hires_doc, the other tasks' files are the same (each task has its own random stream).
+    write_synthetic_dataset(tmp_path / "all", SynthConfig(**small, tasks=(*TASKS, HIRES_TASK)))
+    for folder in (*TASKS, *(f"images/{task}" for task in TASKS)):
+        assert content_digest(tmp_path / "all" / folder) == content_digest(tmp_path / "default" / folder), folder
+
+
+def test_hires_doc_sizes_tiles_and_answers_in_text(tmp_path: Path) -> None:
+    write_synthetic_dataset(tmp_path, SynthConfig(num_train=12, num_val=2, num_test=2, tasks=[HIRES_TASK]))
+    assert not (tmp_path / "doc").exists() and not (tmp_path / "images" / "vqa").exists()
+    sizes = set()
+    for split in SPLITS:
+        records = json.loads((tmp_path / HIRES_TASK / f"{split}.json").read_text())
+        texts = {t["image"]: t["conversations"][1]["value"] for t in _read(tmp_path, split, "text")}
+        for record in records:
+            with Image.open(tmp_path / record["image"]) as image:
+                sizes.add(image.size)
+            turns = record["conversations"]
+            for question, answer in zip(turns[::2], turns[1::2]):  # each answer is printed on its own line
+                marker = "$" if "total" in question["value"] else "x"
+                assert f"{marker}{answer['value']}" in texts[record["image"]].split(), record["id"]
+        for tile in _read(tmp_path, split, "tiles"):
+            with Image.open(tmp_path / tile["image"]) as image:
+                assert image.size == (96, 96)
+            assert tile["conversations"][1]["value"], tile["id"]
+    assert sizes == {(96, 192), (96, 288), (192, 288)}  # width x height: 1x2, 1x3 and 2x3 encoder tiles
+
+
+def _read(root: Path, split: str, kind: str) -> list[dict]:
+    return json.loads((root / HIRES_TASK / f"{split}_{kind}.json").read_text())
+
+
+def test_synth_schema_has_the_generator_fields() -> None:
+    assert [f.name for f in fields(SynthSchema)] == [f.name for f in fields(SynthConfig)]

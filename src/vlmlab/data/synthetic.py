@@ -6,10 +6,10 @@ are drawn on a 3x3 grid of cells (one shape or one character per cell), so at 96
 LLaVA on-disk format: PNG images plus JSON lists of records with `id`, `image` and
 `conversations`; vlmlab adds `task` and, for evaluation, `answers` (the accepted answers).
 
-`hires_doc` (written only when `SynthConfig.tasks` names it) is a tall receipt of 6 or 9 lines, 3 or 6
-characters wide (96x192, 96x288 or 192x288 px at image_size 96), in the doc task's print: one glyph
-per 32 px cell at the native size, 2-3x squeezed when the whole receipt is resized to 96x96. It is
-what AnyRes tiling is for (experiments/anyres/).
+`hires_doc` (written only when `SynthConfig.tasks` names it) is a tall receipt of 6 or 9 lines (the item
+count first, item names, the total last), 3 or 6 characters wide (96x192, 96x288 or 192x288 px at
+image_size 96), in the doc task's print: one glyph per 32 px cell at the native size, 2-3x squeezed when
+the whole receipt is resized to 96x96. It is what AnyRes tiling is for (experiments/anyres/).
 
 Layout written by `write_synthetic_dataset(root, ...)`:
     root/manifest.json                 generator settings (a changed setting regenerates)
@@ -60,7 +60,7 @@ VQA_ANNOTATORS = 10
 # 32 px: 96x192, 96x288 and 192x288 px (width x height), i.e. AnyRes grids of 2x1, 3x1 and 3x2 tiles.
 HIRES_LAYOUTS = ((6, 3), (9, 3), (9, 6))
 # Item-name letters of the filler lines: none that looks like a digit (O, I, S, B, Z, G) and no x, so that
-# only the total ($nn) and quantity (xn) lines hold digits and the question's line is found by reading.
+# only the quantity (xn) and total ($nn) lines hold digits.
 FILLER_LETTERS = "ACDEFHKLMNPRTUVWY"
 
 
@@ -180,21 +180,18 @@ class TallReceipt:
 
 
 def sample_tall_receipt(rng: random.Random) -> TallReceipt:
-    """The total line `$nn` and the quantity line `xn` in two random rows of a random layout, every other
-    row an item-name line of filler letters: each row holds print, so squeezing the receipt mixes lines."""
+    """The quantity line `xn` first and the total line `$nn` last, as a till prints them, each at a random
+    column of a random layout; every row between is an item-name line of filler letters, so every row
+    holds print and squeezing the receipt mixes the key lines with their neighbours."""
     receipt = sample_receipt(rng)
     lines, width = rng.choice(HIRES_LAYOUTS)
-    key_rows = rng.sample(range(lines), 2)
-    key_lines = [f"${receipt.total}", f"x{receipt.items}"]
-    rows = []
-    for row in range(lines):
-        if row in key_rows:
-            line = key_lines[key_rows.index(row)]
-        else:
-            length = rng.randint(max(1, width // 3), width)
-            line = "".join(rng.choice(FILLER_LETTERS) for _ in range(length))
-        rows.append((rng.randint(0, width - len(line)), line))
-    return TallReceipt(receipt, width, tuple(rows))
+    texts = [f"x{receipt.items}"]
+    for _ in range(lines - 2):
+        length = rng.randint(max(1, width // 3), width)
+        texts.append("".join(rng.choice(FILLER_LETTERS) for _ in range(length)))
+    texts.append(f"${receipt.total}")
+    rows = tuple((rng.randint(0, width - len(text)), text) for text in texts)
+    return TallReceipt(receipt, width, rows)
 
 
 def render_tall_receipt(tall: TallReceipt, cell: int) -> Image.Image:
