@@ -48,8 +48,8 @@ class RecordStore(Sequence[Record]):
     """Records as JSON documents in one Arrow array, with each record's word and image counts (for length
     grouping without decoding). Read-only: `store[i]` is a new dict each time."""
 
-    def __init__(self, documents: pa.Array, words: np.ndarray, images: np.ndarray) -> None:
-        self.documents = documents  # large_binary, one JSON document per record
+    def __init__(self, documents: pa.ChunkedArray, words: np.ndarray, images: np.ndarray) -> None:
+        self.documents = documents  # large_binary, one JSON document per record, in chunks
         self.words = words  # int32 per record
         self.images = images  # int16 per record
 
@@ -68,7 +68,9 @@ class RecordStore(Sequence[Record]):
                 chunks.append(pa.array(pending, type=pa.large_binary()))
                 pending = []
         chunks.append(pa.array(pending, type=pa.large_binary()))
-        documents = pa.chunked_array(chunks, type=pa.large_binary()).combine_chunks()
+        # Kept in chunks: combining them would hold the store twice at the peak, and Arrow's allocator would
+        # keep the freed half resident (in every worker's RSS as well).
+        documents = pa.chunked_array(chunks, type=pa.large_binary())
         return cls(documents, np.asarray(words, dtype=np.int32), np.asarray(images, dtype=np.int16))
 
     def __len__(self) -> int:
