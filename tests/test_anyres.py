@@ -22,6 +22,7 @@ from tests.tiny_models import tiny_vlm
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError
 from vlmlab.data.conversation_dataset import ConversationDataset, collate
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.feature_cache import feature_store
 from vlmlab.data.image_processing import ImageProcessor, image_processor_for
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.tiling import Tiling, select_best_resolution
@@ -259,3 +260,21 @@ def test_flops_per_batch_count_every_tile(anyres_model: VisionLanguageModel, tmp
         module.batch_loss(batch).backward()
     module.training_step(batch, 0)
     assert abs(module.flops_per_batch / counter.get_total_flops() - 1) < 0.1  # as tests/test_flops.py, untiled
+
+
+def test_the_feature_cache_stores_tiles_and_grids(anyres_model: VisionLanguageModel, tmp_path: Path) -> None:
+    """A frozen encoder's cache holds every tile's features and each image's grid: the same samples and loss."""
+    dataset = anyres_dataset(anyres_model, tmp_path)
+    anyres_model.eval()
+    store = feature_store(tmp_path / "cache", "s", "train", anyres_model.encoder, dataset, {"dtype": "float32"})
+    cached = dataset.with_features(store)
+    samples, stored = [dataset[i] for i in range(len(dataset))], [cached[i] for i in range(len(cached))]
+    for sample, from_cache in zip(samples, stored):
+        assert torch.equal(sample["input_ids"], from_cache["input_ids"]) and from_cache["pixel_values"] is None
+        grids = sample["image_grids"]
+        assert (from_cache["image_grids"] is None) if grids is None else torch.equal(from_cache["image_grids"], grids)
+    pad = anyres_model.llm.tokenizer.pad_token_id
+    assert collate(stored, pad)["image_features"].shape[0] == collate(samples, pad)["pixel_values"].shape[0]
+    torch.testing.assert_close(
+        anyres_model.batch_loss(collate(stored, pad)), anyres_model.batch_loss(collate(samples, pad)), atol=1e-5, rtol=0
+    )

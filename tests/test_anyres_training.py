@@ -1,6 +1,7 @@
 """AnyRes through `vlmlab-train`: the synthetic data with its images at several aspect ratios (so that one
-batch holds images of different tile grids), trained on one process and on two (DDP, gloo), and with the
-frozen-encoder feature cache; then answered by `vlmlab-generate` from the stage folder."""
+batch holds images of different tile grids), trained on one process and on two (DDP, gloo); then answered by
+`vlmlab-generate` from the stage folder and checked by `vlmlab-data check`. (The feature cache with tiles:
+tests/test_anyres.py.)"""
 
 from __future__ import annotations
 
@@ -48,8 +49,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory, shaped_root: Path) -> Path:
     workdir = tmp_path_factory.mktemp("anyres")
     train(workdir, shaped_root, "single", "run_name=single", "trainer.devices=1", *ANYRES)
     train(workdir, shaped_root, "ddp", "run_name=ddp", "trainer.devices=2", "strategy=ddp", *ANYRES)
-    cache = [f"data.feature_cache.dir={workdir / 'cache'}", "data.feature_cache.enabled=true"]
-    train(workdir, shaped_root, "cached", "run_name=cached", "trainer.devices=1", *ANYRES, *cache)
     return workdir
 
 
@@ -72,15 +71,6 @@ def test_anyres_trains_and_two_processes_follow_one(runs: Path) -> None:
     assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
 
 
-def test_the_feature_cache_keeps_tiled_images(runs: Path) -> None:
-    """align (encoder frozen) reads the stored tile features and grids: the same losses as from the images."""
-    single, cached = loss_histories(runs, "single"), loss_histories(runs, "cached")
-    torch.testing.assert_close(
-        torch.tensor([v for _, v in cached["align"]]), torch.tensor([v for _, v in single["align"]]), atol=1e-5, rtol=0
-    )
-    assert any((runs / "cache").glob("*/grids.npy"))
-
-
 def test_generate_answers_with_the_runs_tiling(runs: Path, shaped_root: Path) -> None:
     image = next(shaped_root.glob("images/doc/test/*.png"))
     result = subprocess.run(
@@ -94,14 +84,9 @@ def test_generate_answers_with_the_runs_tiling(runs: Path, shaped_root: Path) ->
 def test_data_check_reports_image_tokens_per_image(shaped_root: Path, tmp_path: Path) -> None:
     command = [str(BIN / "vlmlab-data"), "check", *MODEL_OVERRIDES, f"data.root={shaped_root}", "data.synthetic=null"]
     flags = ["--source", "doc", "--json"]
-    untiled = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     tiled = subprocess.run([*command, *ANYRES[:2], *flags], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert untiled.returncode == 0 and tiled.returncode == 0, tiled.stderr[-2000:]
-    per_image = {
-        name: json.loads(r.stdout)["splits"][0]["image_tokens_per_image"]
-        for name, r in (("untiled", untiled), ("tiled", tiled))
-    }
-    assert per_image["untiled"] == {"p50": 9, "p90": 9, "p99": 9, "p100": 9}  # the tiny ViT's 3 x 3 tokens
-    layout, tiling = ImageTokenLayout(9, newline=True), Tiling(GRIDS, 96)
+    assert tiled.returncode == 0, tiled.stderr[-2000:]
+    per_image = json.loads(tiled.stdout)["splits"][0]["image_tokens_per_image"]
+    layout, tiling = ImageTokenLayout(9, newline=True), Tiling(GRIDS, 96)  # the tiny ViT's 3 x 3 tokens per tile
     counts = sorted(layout.count((*tiling.grid(shape), *shape)) for shape in SHAPES)
-    assert per_image["tiled"]["p100"] == counts[-1] and per_image["tiled"]["p50"] in counts
+    assert per_image["p100"] == counts[-1] and per_image["p50"] in counts and per_image["p50"] > 10

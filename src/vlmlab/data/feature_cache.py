@@ -167,7 +167,8 @@ class FeatureStore:
                     row += len(pixels)
         encoder.train(was_training)
         for index, plan in enumerate(plans):
-            grids[image_offsets[index] : image_offsets[index + 1]] = plan
+            if plan:  # text-only and unreadable records have none
+                grids[image_offsets[index] : image_offsets[index + 1]] = plan
         features.flush()
         np.save(folder / "offsets.npy", offsets)
         np.save(folder / "grids.npy", grids)
