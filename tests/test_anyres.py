@@ -20,6 +20,7 @@ from transformers.image_processing_utils import select_best_resolution as hf_sel
 
 from tests.tiny_models import tiny_vlm
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError
+from vlmlab.data.check import check_split, report_dict
 from vlmlab.data.conversation_dataset import ConversationDataset, collate
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.feature_cache import feature_store
@@ -212,6 +213,11 @@ def test_grouping_lengths_count_each_images_tokens(anyres_model: VisionLanguageM
     words = [sum(len(t["value"].split()) for t in r["conversations"]) for r in dataset.records]
     tokens = [int((dataset[i]["input_ids"] == anyres_model.image_token_id).sum()) for i in range(len(dataset))]
     assert lengths == [w + t if t else -w for w, t in zip(words, tokens)]
+    # `vlmlab-data check` reports the tokens of each image (wide, tall, square, wide)
+    report = check_split(datamodule, "s", "train")
+    wide, tall, square = (anyres_model.image_layout.count(g) for g in ((1, 3, 40, 100), (3, 1, 90, 30), (2, 2, 64, 64)))
+    assert sorted(report.image_tokens) == sorted([wide, tall, square, wide])
+    assert report_dict([report], 512)["splits"][0]["image_tokens_per_image"]["p100"] == max(wide, tall, square)
 
 
 def test_a_batch_of_different_grids_trains_and_packing_gives_the_same_loss(

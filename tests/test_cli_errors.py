@@ -59,7 +59,6 @@ def train(
         (["model.llm=qwen2_5_0_5b_instruct"], ["write model/llm=NAME (with a slash)"]),
         (["init_from=nowhere/stages/align"], ["init_from=nowhere/stages/align: no such file or folder"]),
         (["resume=outputs/nowhere"], ["resume=outputs/nowhere: no curriculum_state.json there"]),
-        (["data.image_resize=anyres", "data.anyres.grid_pinpoints=[[0,2]]"], ["needs [rows, cols] pairs >= 1"]),
     ],
     ids=[
         "stage-type",
@@ -71,7 +70,6 @@ def train(
         "dot",
         "init",
         "resume",
-        "anyres-grids",
     ],
 )
 def test_config_mistakes_are_one_line_before_anything_starts(

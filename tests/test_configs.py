@@ -160,6 +160,15 @@ def test_bad_data_values_are_caught(compose_config, override: str, message: str)
         validate_config(compose_config([override]))
 
 
+def test_bad_anyres_grids_are_caught(compose_config) -> None:
+    cfg = compose_config(["data.image_resize=anyres", "data.anyres.grid_pinpoints=[[0,2]]"])
+    with pytest.raises(ValueError, match=r"grid_pinpoints=\[\[0, 2\]\] needs \[rows, cols\] pairs >= 1"):
+        validate_config(cfg)
+    cfg = compose_config(["data.image_resize=anyres", "data.anyres.max_tiles=1"])
+    with pytest.raises(ValueError, match="max_tiles=1 leaves none of the grids"):
+        validate_config(cfg)
+
+
 def test_config_dir_is_the_checkout_conf() -> None:
     assert (config_dir() / "train.yaml").is_file()
 

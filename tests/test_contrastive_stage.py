@@ -29,7 +29,7 @@ CONTRASTIVE = [
     "model.text_tower.config.intermediate_size=64",
     "model.text_tower.config.num_hidden_layers=1",
     *[o for o in FAST_OVERRIDES if not o.startswith(("curriculum.", "data.synthetic"))],
-    *[f"data.synthetic.{k}={v}" for k, v in vars(DATA).items()],
+    *[f"data.synthetic.{k}={v}" for k, v in vars(DATA).items() if k != "tasks"],  # tasks: the preset's
     f"curriculum.stages.pretrain.max_steps={STEPS}",
     "curriculum.stages.pretrain.batch_size=16",
     "curriculum.stages.pretrain.micro_batch_size=16",

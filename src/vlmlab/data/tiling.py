@@ -56,7 +56,9 @@ class Tiling:
     def __post_init__(self) -> None:
         grids = tuple((int(r), int(c)) for r, c in self.grid_pinpoints)
         if not grids or any(r < 1 or c < 1 for r, c in grids):
-            raise ValueError(f"data.anyres.grid_pinpoints={list(self.grid_pinpoints)} needs [rows, cols] pairs >= 1")
+            raise ValueError(
+                f"data.anyres.grid_pinpoints={[list(g) for g in self.grid_pinpoints]} needs [rows, cols] pairs >= 1"
+            )
         allowed = tuple(g for g in grids if self.max_tiles is None or g[0] * g[1] <= self.max_tiles)
         if not allowed:
             raise ValueError(
