@@ -25,6 +25,7 @@ ANYRES = [
     "curriculum.stages.instruct.gradient_clip_val=1.0",
     "curriculum.stages.instruct.lr.connector=3e-3",
     "curriculum.stages.instruct.lr.llm=3e-3",
+    "curriculum.stages.instruct.max_steps=10",
 ]
 SHAPES = ((60, 280), (280, 60), (200, 200), (80, 170), (170, 80))  # (height, width): grids 1x3, 3x1, 2x2, 1x2, 2x1
 GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # data.anyres.grid_pinpoints' default

@@ -21,10 +21,11 @@ from transformers import (
 )
 
 from tests.demo_run import BIN, run_cli
-from tests.tiny_models import tiny_llama_config
+from tests.tiny_models import tiny_llama_config, tiny_vlm
 from vlmlab.data.conversation_dataset import collate
 from vlmlab.inference.answer import Assistant
 from vlmlab.inference.loading import load_model
+from vlmlab.interop.hf_llava import check_fits_llava
 from vlmlab.models.image_layout import ImageTokenLayout
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
 
@@ -171,10 +172,6 @@ def test_exported_llava_next_gives_vlmlabs_logits_generations_and_prompts(
     assert ours_greedy.tolist() == greedy.tolist()
 
 
-def test_a_model_without_tiles_does_not_export_as_llava_next(demo_run: Path, tmp_path: Path) -> None:
-    stage = demo_run / "stages" / "instruct"
-    result = run_cli(
-        [str(BIN / "vlmlab-export"), f"checkpoint={stage}", "output=next", "format=hf_llava_next"], cwd=tmp_path
-    )
-    assert result.returncode == 2
-    assert "LLaVA-NeXT has a learned image_newline token, this model does not" in result.stderr
+def test_a_model_without_the_newline_token_does_not_export_as_llava_next(tokenizer) -> None:
+    with pytest.raises(ValueError, match="LLaVA-NeXT has a learned image_newline token, this model does not"):
+        check_fits_llava(tiny_vlm(tokenizer), next_=True)

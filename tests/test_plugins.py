@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tests.conftest import FAST_OVERRIDES
+from vlmlab.errors import UsageError
+from vlmlab.models.component_check import check_connector_config
 
 BIN = Path(sys.executable).parent
 PROJECTOR = """
@@ -50,7 +55,9 @@ def write_plugin(root: Path) -> Path:
     return root / "my_conf"
 
 
-def test_a_connector_from_the_users_own_folder_trains_through_the_cli(tmp_path: Path, synth_root: Path) -> None:
+def test_a_connector_from_the_users_own_folder_trains_through_the_cli(
+    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conf = write_plugin(tmp_path / "plugin")
     env = {
         **os.environ,
@@ -76,27 +83,29 @@ def test_a_connector_from_the_users_own_folder_trains_through_the_cli(tmp_path: 
     weights = load_file(tmp_path / "run" / "stages" / "instruct" / "model.safetensors")
     assert weights["connector.proj.weight"].shape == (32, 128)  # LLM width x encoder width, injected
 
-    for preset, target, message in (
-        ("unfit", "my_pkg.projector.Unfit", "is not a subclass of vlmlab.models.connectors.Connector"),
-        ("typo", "my_pkg.projector.StridedPool", "my_pkg.projector has no 'StridedPool'; its classes: Connector, "),
-        ("nowhere", "my_pkg.projectors.StridedPoolConnector", "no module named 'my_pkg.projectors'. Is the folder"),
-        ("unknown", "my_pkg.projector.StridedPoolConnector", "model.connector.strides is not an option of"),
+    # One mistake through the command line (one line, exit 2, before the encoder and LLM are built, no run folder)
+    (conf / "model" / "connector" / "nowhere.yaml").write_text("_target_: my_pkg.projectors.StridedPoolConnector\n")
+    result = subprocess.run(
+        [*command, "model/connector=nowhere", "hydra.run.dir=nowhere"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and "no module named 'my_pkg.projectors'. Is the folder" in last_line
+    assert "encoder: vlmlab.models.encoders" not in result.stdout + result.stderr
+    assert not (tmp_path / "nowhere").exists()
+    # The others in this process: the same check the command line runs first
+    monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
+    for target, extra, message in (
+        ("my_pkg.projector.Unfit", {}, "is not a subclass of vlmlab.models.connectors.Connector"),
+        ("my_pkg.projector.StridedPool", {}, "my_pkg.projector has no 'StridedPool'; its classes: Connector, "),
+        ("my_pkg.projector.StridedPoolConnector", {"strides": 2}, "model.connector.strides is not an option of"),
     ):
-        extra = "strides: 2\n" if preset == "unknown" else ""
-        (conf / "model" / "connector" / f"{preset}.yaml").write_text(f"_target_: {target}\n{extra}")
-        result = subprocess.run(
-            [*command, f"model/connector={preset}", f"hydra.run.dir={preset}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            env=env,
-        )
-        assert result.returncode == 2, result.stderr[-3000:]
-        assert "Traceback" not in result.stderr and message in result.stderr.strip().splitlines()[-1], result.stderr
-        assert (
-            "encoder: vlmlab.models.encoders" not in result.stdout + result.stderr
-        )  # refused before the encoder and LLM are built
-        assert not (tmp_path / preset).exists()  # and no run folder is left behind
+        with pytest.raises(UsageError, match=re.escape(message)):
+            check_connector_config(OmegaConf.create({"_target_": target, **extra}))
 
     unplugged = subprocess.run(
         [*command, "model/connector=strided", "hydra.run.dir=unplugged"], cwd=tmp_path, capture_output=True, text=True
