@@ -28,7 +28,13 @@ from vlmlab.data.image_processing import ImageProcessor, image_processor_for
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.tiling import Tiling, select_best_resolution
 from vlmlab.models.encoders.base import ImagePreprocessing
-from vlmlab.models.image_layout import ImageTokenLayout, arrange_image_tokens, tokens_side, unpadded_size
+from vlmlab.models.image_layout import (
+    ImageTokenLayout,
+    arrange_image_tokens,
+    tile_count,
+    tokens_side,
+    unpadded_size,
+)
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.stage import StageSpec
@@ -182,7 +188,7 @@ def test_each_image_takes_its_own_token_count(anyres_model: VisionLanguageModel,
             assert sample["pixel_values"] is None and sample["image_grids"] is None and not is_image.any()
             continue
         assert sample["image_grids"].tolist() == [list(g) for g in grids]
-        assert sample["pixel_values"].shape[0] == sum(layout.tiles(g) for g in grids)
+        assert sample["pixel_values"].shape[0] == sum(tile_count(g) for g in grids)
         assert int(is_image.sum()) == sum(layout.count(g) for g in grids)
         assert (sample["labels"][is_image] == IGNORE_INDEX).all()  # image tokens are never targets
     counts = {g: layout.count(g) for g in ((1, 3, 40, 100), (3, 1, 90, 30), (2, 2, 64, 64))}

@@ -26,7 +26,7 @@ from vlmlab.data.conversation_dataset import collate
 from vlmlab.inference.answer import Assistant
 from vlmlab.inference.loading import load_model
 from vlmlab.interop.hf_llava import check_fits_llava
-from vlmlab.models.image_layout import ImageTokenLayout
+from vlmlab.models.image_layout import tile_count
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
 
 PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]  # LLaVA-NeXT's grids, with 32 px tiles
@@ -101,7 +101,7 @@ def tiles_and_grids(batch: dict[str, torch.Tensor], loaded) -> tuple[torch.Tenso
     """The processor's images as vlmlab's tiles (its padding tiles dropped) and grid rows."""
     assistant = Assistant(loaded.model, loaded.image_resize, anyres=loaded.anyres)
     grids = torch.tensor([assistant.images.grid(tuple(size)) for size in batch["image_sizes"].tolist()])
-    counts = [ImageTokenLayout(1).tiles(g) for g in grids.tolist()]
+    counts = [tile_count(g) for g in grids.tolist()]
     tiles = torch.cat([pixels[:n] for pixels, n in zip(batch["pixel_values"], counts)])
     return tiles, grids
 

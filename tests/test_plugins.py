@@ -70,13 +70,17 @@ def test_a_connector_from_the_users_own_folder_trains_through_the_cli(
         f"hydra.searchpath=[file://{conf}]",
     ]
     command += ["eval.enabled=false", "~callbacks.generation_validation"]
-    result = subprocess.run(
-        [*command, "model/connector=strided", "hydra.run.dir=run"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+
+    def train(connector: str, run_dir: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*command, f"model/connector={connector}", f"hydra.run.dir={run_dir}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+
+    result = train("strided", "run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "9 image tokens" not in result.stdout + result.stderr  # 9 patches, stride 3: 3 image tokens
     assert "-> 3 image tokens" in result.stdout + result.stderr
@@ -85,13 +89,7 @@ def test_a_connector_from_the_users_own_folder_trains_through_the_cli(
 
     # One mistake through the command line (one line, exit 2, before the encoder and LLM are built, no run folder)
     (conf / "model" / "connector" / "nowhere.yaml").write_text("_target_: my_pkg.projectors.StridedPoolConnector\n")
-    result = subprocess.run(
-        [*command, "model/connector=nowhere", "hydra.run.dir=nowhere"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    result = train("nowhere", "nowhere")
     assert result.returncode == 2, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and "no module named 'my_pkg.projectors'. Is the folder" in last_line

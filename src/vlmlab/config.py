@@ -11,7 +11,7 @@ from vlmlab.data.conversation_dataset import BadRecordPolicy
 from vlmlab.data.formats import split_spec
 from vlmlab.data.image_processing import ResizeMode
 from vlmlab.data.schema import DataSchema, SourceSchema
-from vlmlab.data.tiling import Tiling
+from vlmlab.data.tiling import tiling_from_options
 from vlmlab.errors import UsageError, check_types
 from vlmlab.eval.metrics import METRICS
 
@@ -78,8 +78,7 @@ def validate_config(cfg: DictConfig) -> None:
         if cfg.data[key] not in choices:
             raise UsageError(f"data.{key}={cfg.data[key]!r} is not one of {', '.join(choices)}")
     if cfg.data.image_resize == "anyres":
-        anyres = cfg.data.get("anyres") or {}
         try:
-            Tiling(tuple(tuple(g) for g in anyres.get("grid_pinpoints") or ()), 1, anyres.get("max_tiles"))
+            tiling_from_options(cfg.data.get("anyres"), tile=1)
         except (ValueError, TypeError) as err:
             raise UsageError(str(err)) from err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -94,11 +93,9 @@ class ConversationDataset(Dataset):
 
     def load_image(self, image: str | dict[str, Any]) -> ProcessedImage:
         """One of a record's images as the model takes it (blank for the blind baseline)."""
-        if self.blank_images:
+        if self.blank_images:  # tiled: as many tokens as the image would take, so its size is read
             tiled = self.image_processor.tiling is not None
-            if tiled and not isinstance(image, dict) and not Path(image).is_file():
-                read_image(image, MISSING_IMAGE_HINT)  # raises the missing-image error
-            return self.image_processor.blank(image_size(image) if tiled else None)
+            return self.image_processor.blank(image_size(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT) if tiled else None)
         return self.image_processor(read_image(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT))
 
     def image_tokens(self, grids: torch.Tensor | None) -> list[int] | None:

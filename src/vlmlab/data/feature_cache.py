@@ -27,6 +27,7 @@ from vlmlab.data.chat_format import SampleError
 from vlmlab.data.conversation_dataset import ConversationDataset, record_images
 from vlmlab.data.image_processing import image_size
 from vlmlab.models.encoders.base import VisionEncoder
+from vlmlab.models.image_layout import tile_count
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -139,8 +140,7 @@ class FeatureStore:
             except SampleError as err:
                 bad[index] = (err.reason, str(err))
                 plans.append([])
-        tiling = dataset.image_processor.tiling
-        counts = [sum(1 if tiling is None else 1 + g[0] * g[1] for g in plan) for plan in plans]
+        counts = [sum(tile_count(g) for g in plan) for plan in plans]
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         grids = np.zeros((sum(len(plan) for plan in plans), 4), dtype=np.int64)
         image_offsets = np.concatenate([[0], np.cumsum([len(plan) for plan in plans])]).astype(np.int64)

@@ -14,7 +14,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from vlmlab.data.chat_format import SampleError
-from vlmlab.data.tiling import Tiling
+from vlmlab.data.tiling import Tiling, tiling_from_options
 from vlmlab.models.encoders.base import ImagePreprocessing
 
 ResizeMode = Literal["resize", "letterbox", "resize_crop", "anyres"]
@@ -24,9 +24,9 @@ class ImageLoadError(SampleError):
     """An image that does not exist (`reason` missing_image) or cannot be decoded (bad_image)."""
 
 
-def read_image(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> Image.Image:
-    """The RGB image at a path, or stored in a Hugging Face `datasets` image dict ({"bytes", "path"}); an
-    `ImageLoadError` naming it (and ending with the hint, if given) otherwise."""
+def _open(image: str | Path | dict[str, Any], missing_hint: str, bad_hint: str, read: Any) -> Any:
+    """`read(opened)` of the image at a path, or stored in a Hugging Face `datasets` image dict ({"bytes",
+    "path"}); an `ImageLoadError` naming it (and ending with the hint, if given) otherwise."""
     stored = isinstance(image, dict)
     where = f"the image stored for {image.get('path') or 'this row'}" if stored else f"image {image}"
     if not stored and not Path(image).is_file():
@@ -34,20 +34,21 @@ def read_image(image: str | Path | dict[str, Any], missing_hint: str = "", bad_h
         raise ImageLoadError("missing_image", f"{where} does not exist{hint}")
     try:
         with Image.open(io.BytesIO(image["bytes"]) if stored else image) as opened:
-            return opened.convert("RGB")
+            return read(opened)
     except (OSError, ValueError, TypeError) as err:
         hint = f"; {bad_hint}" if bad_hint else ""
         raise ImageLoadError("bad_image", f"{where} cannot be read ({err}){hint}") from err
 
 
-def image_size(image: str | Path | dict[str, Any]) -> tuple[int, int]:
-    """(height, width) of an image file or stored image, from its header (the pixels are not decoded)."""
-    try:
-        with Image.open(io.BytesIO(image["bytes"]) if isinstance(image, dict) else image) as opened:
-            return opened.height, opened.width
-    except (OSError, ValueError, TypeError) as err:
-        where = f"the image stored for {image.get('path') or 'this row'}" if isinstance(image, dict) else image
-        raise ImageLoadError("bad_image", f"{where} cannot be read ({err})") from err
+def read_image(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> Image.Image:
+    """The RGB image at a path or in an HF image dict; an `ImageLoadError` naming it otherwise."""
+    return _open(image, missing_hint, bad_hint, lambda opened: opened.convert("RGB"))
+
+
+def image_size(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> tuple[int, int]:
+    """(height, width) of an image file or stored image, from its header (the pixels are not decoded); an
+    `ImageLoadError` as `read_image` raises otherwise."""
+    return _open(image, missing_hint, bad_hint, lambda opened: (opened.height, opened.width))
 
 
 @dataclass
@@ -125,12 +126,5 @@ def image_processor_for(
     preprocessing: ImagePreprocessing, mode: ResizeMode, anyres: Mapping[str, Any] | None = None
 ) -> ImageProcessor:
     """The processor of a `data` config's `image_resize` and `anyres` options (grid_pinpoints, max_tiles)."""
-    tiling = None
-    if mode == "anyres":
-        options = dict(anyres or {})
-        if not options.get("grid_pinpoints"):
-            raise ValueError("data.image_resize=anyres needs data.anyres.grid_pinpoints (tile grids [rows, cols])")
-        tiling = Tiling(
-            tuple(tuple(g) for g in options["grid_pinpoints"]), preprocessing.height, options.get("max_tiles")
-        )
+    tiling = tiling_from_options(anyres, preprocessing.height) if mode == "anyres" else None
     return ImageProcessor(preprocessing, mode, tiling)

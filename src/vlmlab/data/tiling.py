@@ -10,8 +10,9 @@ tiles row by row; the whole image stretched to one tile comes first (the base ti
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torchvision.transforms.v2 import functional as F
@@ -89,3 +90,11 @@ class Tiling:
         t = self.tile
         grid = padded.reshape(3, rows, t, cols, t).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, t, t)
         return torch.cat([base[None], grid]), (rows, cols)
+
+
+def tiling_from_options(anyres: Mapping[str, Any] | None, tile: int) -> Tiling:
+    """The `Tiling` of a `data.anyres` config node (grid_pinpoints, max_tiles) for tiles of `tile` pixels."""
+    options = dict(anyres or {})
+    if not options.get("grid_pinpoints"):
+        raise ValueError("data.image_resize=anyres needs data.anyres.grid_pinpoints (tile grids [rows, cols])")
+    return Tiling(tuple(tuple(g) for g in options["grid_pinpoints"]), tile, options.get("max_tiles"))

@@ -32,8 +32,8 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
-from vlmlab.data.image_processing import ResizeMode, image_processor_for
-from vlmlab.data.tiling import Tiling
+from vlmlab.data.image_processing import ResizeMode
+from vlmlab.data.tiling import Tiling, tiling_from_options
 from vlmlab.interop.llava_weights import llava_to_vlmlab, vlmlab_to_llava
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.connectors.mlp import MLPConnector
@@ -164,7 +164,7 @@ def export_hf_llava(
         raise ValueError(
             f"LLaVA-NeXT tiles its images: the model was trained with image_resize={image_resize}, not anyres"
         )
-    tiling = image_processor_for(model.encoder.preprocessing, "anyres", anyres).tiling if next_ else None
+    tiling = tiling_from_options(anyres, model.encoder.preprocessing.height) if next_ else None
     folder = Path(folder)
     model_class = LlavaNextForConditionalGeneration if next_ else LlavaForConditionalGeneration
     llava = model_class(llava_config(model, tiling)).to(next(model.parameters()).dtype)

@@ -9,7 +9,8 @@ feature map ([rows * m, cols * m], with m x m tokens per tile), cropped to the o
 token when the model has one. An untiled image is its tile's tokens (then one `image_newline`, as
 LLaVA-NeXT does for an image of one tile).
 
-`image_token_count` is the one formula the data pipeline (expanding `<image>`) and the merge share.
+`ImageTokenLayout.count` is the one formula the data pipeline (expanding `<image>`) and the merge share;
+`tile_count` the one for tiles per image.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ class ImageTokenLayout:
         map_rows, map_cols = unpadded_size(rows * side, cols * side, height, width)
         return self.tokens_per_tile + map_rows * (map_cols + int(self.newline))
 
-    def tiles(self, grid: Sequence[int] | torch.Tensor) -> int:
-        """Tiles (encoder inputs) of one image."""
-        rows, cols = int(grid[0]), int(grid[1])
-        return 1 if rows == 0 else 1 + rows * cols
+
+def tile_count(grid: Sequence[int] | torch.Tensor) -> int:
+    """Tiles (encoder inputs) of one image with grid row (rows, cols, ...): 1 when untiled."""
+    rows, cols = int(grid[0]), int(grid[1])
+    return 1 if rows == 0 else 1 + rows * cols
 
 
 def arrange_image_tokens(
@@ -79,8 +81,7 @@ def arrange_image_tokens(
             return tile_tokens.flatten(0, 1)
         row_end = newline.to(tile_tokens.dtype).expand(tile_tokens.shape[0], 1, -1)
         return torch.cat([tile_tokens, row_end], dim=1).flatten(0, 1)
-    layout = ImageTokenLayout(tile_tokens.shape[1], newline is not None)
-    sizes = [layout.tiles(grid) for grid in image_grids.tolist()]
+    sizes = [tile_count(grid) for grid in image_grids.tolist()]
     if sum(sizes) != tile_tokens.shape[0]:
         raise ValueError(f"image_grids describe {sum(sizes)} tiles but the batch holds {tile_tokens.shape[0]}")
     images = []
