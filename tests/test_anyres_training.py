@@ -46,7 +46,10 @@ def shaped_root(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> P
 def runs(tmp_path_factory: pytest.TempPathFactory, shaped_root: Path) -> Path:
     workdir = tmp_path_factory.mktemp("anyres")
     train(workdir, shaped_root, "single", "run_name=single", "trainer.devices=1", *ANYRES)
-    train(workdir, shaped_root, "ddp", "run_name=ddp", "trainer.devices=2", "strategy=ddp", *ANYRES)
+    # two loader workers per process here (none in the single run): the grids travel through worker collation
+    train(
+        workdir, shaped_root, "ddp", "run_name=ddp", "trainer.devices=2", "strategy=ddp", *ANYRES, "data.num_workers=2"
+    )
     return workdir
 
 
