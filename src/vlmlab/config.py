@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import get_args
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlmlab.data.conversation_dataset import BadRecordPolicy
 from vlmlab.data.formats import split_spec
 from vlmlab.data.image_processing import ResizeMode
 from vlmlab.data.schema import DataSchema, SourceSchema
+from vlmlab.data.shards import join
 from vlmlab.data.tiling import tiling_from_options
 from vlmlab.errors import UsageError, check_types
 from vlmlab.eval.metrics import METRICS
@@ -45,6 +46,20 @@ def validate_model_config(cfg: DictConfig) -> None:
             )
 
 
+def read_from_shards(cfg: DictConfig) -> None:
+    """With `data.shards` set, point every split of every source at its `vlmlab-data optimize` output
+    (`<shards>/<source>/<split>`, format `streaming`), in place. Applying it twice changes nothing."""
+    shards = cfg.data.get("shards")
+    if not shards:
+        return
+    for name, source in cfg.data.sources.items():
+        with open_dict(source):
+            source.format = "streaming"
+            for split in ("train", "val", "test"):
+                if source.get(split) is not None:
+                    source[split] = join(str(shards), name, split)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Catch what Hydra itself accepts but cannot work, with the fix in the message."""
     validate_model_config(cfg)
@@ -52,6 +67,7 @@ def validate_config(cfg: DictConfig) -> None:
     if missing:
         raise UsageError(f"{', '.join(missing)} must be set (??? in the preset), e.g. {missing[0]}=...")
     check_types(cfg.data, DataSchema, "data")
+    read_from_shards(cfg)
     sources = cfg.data.get("sources")
     if not sources:
         raise UsageError("data.sources is empty: choose a data preset (data=synthetic) or add sources")

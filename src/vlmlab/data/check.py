@@ -35,6 +35,7 @@ class SplitReport:
     problems: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
     lengths: list[int] = field(default_factory=list)
     image_tokens: list[int] = field(default_factory=list)  # per image
+    kept: list[int] = field(default_factory=list)  # indices of the records that became samples
 
     @property
     def num_problems(self) -> int:
@@ -94,15 +95,16 @@ def check_split(
         num_workers=datamodule.num_workers,
         collate_fn=partial(_summaries, layout=dataset.image_layout, per_image=datamodule.formatter.num_image_tokens),
     )
-    for batch in loader:
-        for record_id, reason, message, tokens, image_tokens in batch:
-            if reason is not None and datamodule.on_bad_record == "raise":
-                raise SampleError(reason, message)
-            if reason is not None:
-                report.problems[reason].append(record_id)
-            else:
-                report.lengths.append(tokens)
-                report.image_tokens.extend(image_tokens)
+    summaries = (summary for batch in loader for summary in batch)  # in record order
+    for index, (record_id, reason, message, tokens, image_tokens) in enumerate(summaries):
+        if reason is not None and datamodule.on_bad_record == "raise":
+            raise SampleError(reason, message)
+        if reason is not None:
+            report.problems[reason].append(record_id)
+        else:
+            report.kept.append(index)
+            report.lengths.append(tokens)
+            report.image_tokens.extend(image_tokens)
     return report
 
 

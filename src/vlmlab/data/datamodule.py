@@ -23,7 +23,8 @@ from vlmlab.data.formats import HFRecords, Record, read_split, split_origin
 from vlmlab.data.image_processing import ImageProcessor, image_processor_for, image_size
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.record_store import RecordStore
-from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
+from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler, estimate_length
+from vlmlab.data.shards import ShardRecords
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.errors import UsageError
 from vlmlab.models.encoders.base import VisionEncoder
@@ -99,8 +100,10 @@ class VLMDataModule(L.LightningDataModule):
         feature_cache: dict[str, Any] | None = None,
         encoder: VisionEncoder | None = None,
         image_layout: ImageTokenLayout | None = None,
+        streaming: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.streaming = streaming or {}
         self.image_layout = image_layout
         self.sources = sources
         self.mixture = mixture
@@ -173,6 +176,7 @@ class VLMDataModule(L.LightningDataModule):
             feature_cache=None if feature_cache is None else OmegaConf.to_container(feature_cache, resolve=True),
             encoder=model.encoder if encoder_frozen else None,
             image_layout=model.image_layout,
+            streaming=OmegaConf.to_container(data_cfg.streaming, resolve=True) if "streaming" in data_cfg else None,
         )
 
     def prepare_data(self) -> None:
@@ -184,7 +188,7 @@ class VLMDataModule(L.LightningDataModule):
     def records(self, source: str, split: str) -> Sequence[Record]:
         """A split's records, read once per data module."""
         if (source, split) not in self._records:
-            self._records[source, split] = read_split(source, self.sources[source], split)
+            self._records[source, split] = read_split(source, self.sources[source], split, self.streaming)
         return self._records[source, split]
 
     def dataset(
@@ -245,7 +249,11 @@ class VLMDataModule(L.LightningDataModule):
         """Estimated sample lengths (negative: text-only), for grouping batches. Tiled images count their
         own tokens, from the size in each image's header (read once per record, not decoded)."""
         records = self.records(source, split)
-        if self.image_processor.tiling is None or self.image_layout is None:
+        tiled = self.image_processor.tiling is not None and self.image_layout is not None
+        if isinstance(records, ShardRecords):
+            tokens = self.formatter.num_image_tokens
+            return records.estimated_lengths(self._tiled_count_of_size if tiled else tokens)
+        if not tiled:
             if isinstance(records, RecordStore):
                 return records.estimated_lengths(self.formatter.num_image_tokens)
             if isinstance(records, HFRecords):
@@ -259,22 +267,33 @@ class VLMDataModule(L.LightningDataModule):
             size = image_size(image)
         except (SampleError, OSError):
             return self.image_layout.count((0, 0, 0, 0))
+        return self._tiled_count_of_size(size)
+
+    def _tiled_count_of_size(self, size: tuple[int, int]) -> int:
         return self.image_layout.count(self.image_processor.grid(size))
 
     def train_sampler(self) -> GroupedMixtureSampler:
+        """Over the mixture's records in one epoch-wide order; chunk by chunk when a source streams from shards."""
         trainer = self.trainer
         world_size = trainer.world_size if trainer else 1
-        return GroupedMixtureSampler(
-            [self.lengths(name, "train") for name in self.mixture],
-            list(self.mixture.values()),
+        common = dict(
+            lengths=[self.lengths(name, "train") for name in self.mixture],
+            weights=list(self.mixture.values()),
             batch_size=self.batch_size or self.micro_batch_size * world_size,
             micro_batch_size=self.micro_batch_size,
             num_replicas=world_size,
             rank=trainer.global_rank if trainer else 0,
             seed=self.seed,
             group_by_length=self.group_by_length,
-            length_group_batches=self.length_group_batches,
         )
+        records = [self.records(name, "train") for name in self.mixture]
+        if any(isinstance(r, ShardRecords) for r in records):
+            return StreamingMixtureSampler(
+                **common,
+                chunk_sizes=[r.chunk_sizes if isinstance(r, ShardRecords) else [1] * len(r) for r in records],
+                shuffle_buffer=self.streaming.get("shuffle_buffer", 4096),
+            )
+        return GroupedMixtureSampler(**common, length_group_batches=self.length_group_batches)
 
     def train_dataloader(self) -> DataLoader:
         cached = self.feature_cache is not None and self.encoder is not None

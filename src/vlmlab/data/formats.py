@@ -11,6 +11,8 @@ record with `error: [reason, message]`; the dataset then skips or raises on it l
 
 Each reader takes one split of a source: a mapping of the format's keys (see `SPLIT_KEYS`), and the
 split's name (COCO's train split gives one record per caption, its other splits one per image).
+A `streaming` split is any of these, already checked and written as LitData chunks by `vlmlab-data optimize`
+(`vlmlab.data.shards`); its records come back as they were written, images stored inside.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from vlmlab.data.record_store import RecordStore, iter_json_list
+from vlmlab.data.shards import ShardRecords, is_url
 from vlmlab.errors import UsageError
 
 Record = dict[str, Any]
 
-FORMATS = ("llava", "coco_captions", "vqav2", "docvqa", "hf")
+FORMATS = ("llava", "coco_captions", "vqav2", "docvqa", "hf", "streaming")
 SPLIT_KEYS = {
+    "streaming": {"path": True},  # a `vlmlab-data optimize` output folder or URL (vlmlab.data.shards)
     "llava": {"file": True, "images": False},
     "coco_captions": {"annotations": True, "images": True},
     "vqav2": {"questions": True, "annotations": False, "images": True},
@@ -267,11 +271,13 @@ def split_spec(source_name: str, source: dict[str, Any], split: str) -> dict[str
     """The split's mapping, checked against its format. A bare path is a LLaVA file with the source's
     `image_root` (or the file's folder) as image folder. None when the source has no such split."""
     fmt = source.get("format", "llava")
-    if fmt not in READERS:
+    if fmt not in FORMATS:
         raise ValueError(f"data source '{source_name}' has format '{fmt}'; formats: {', '.join(FORMATS)}")
     value = source.get(split)
     if value is None:
         return None
+    if isinstance(value, str) and fmt == "streaming":
+        value = {"path": value}
     if isinstance(value, str):
         if fmt != "llava":
             raise ValueError(
@@ -289,7 +295,8 @@ def split_spec(source_name: str, source: dict[str, Any], split: str) -> dict[str
             f"data source '{source_name}' ({fmt}): split '{split}' has unknown key(s) {sorted(unknown)}; "
             f"a {fmt} split takes {', '.join(SPLIT_KEYS[fmt])}"
         )
-    if fmt != "llava" and not (value.get("columns") or {}).get("conversations") and not source.get("prompt"):
+    needs_prompt = fmt not in ("llava", "streaming") and not (value.get("columns") or {}).get("conversations")
+    if needs_prompt and not source.get("prompt"):
         raise ValueError(f"data source '{source_name}' ({fmt}) needs a `prompt` template to turn questions into turns")
     return value
 
@@ -312,7 +319,7 @@ def missing_paths(source_name: str, source: dict[str, Any], split: str) -> list[
     missing = []
     for key, required in SPLIT_KEYS[source.get("format", "llava")].items():
         value = spec.get(key)
-        if key in ("split", "columns") or not value or any(c in str(value) for c in "*?["):
+        if key in ("split", "columns") or not value or any(c in str(value) for c in "*?[") or is_url(str(value)):
             continue
         if key == "images" and not required:  # a LLaVA file's image folder: its records may hold no image
             continue
@@ -321,11 +328,17 @@ def missing_paths(source_name: str, source: dict[str, Any], split: str) -> list[
     return missing
 
 
-def read_split(source_name: str, source: dict[str, Any], split: str) -> Sequence[Record]:
+def read_split(
+    source_name: str, source: dict[str, Any], split: str, streaming: dict[str, Any] | None = None
+) -> Sequence[Record]:
     """The records of one split of a configured source, in a form that loader workers share without copying
-    (a `RecordStore`, or the memory-mapped table of an HF source)."""
+    (a `RecordStore`, the memory-mapped table of an HF source, or optimised shards read through LitData with
+    the `streaming` options `cache_dir` and `max_cache_size`)."""
     spec = split_spec(source_name, source, split)
     if spec is None:
         raise ValueError(f"data source '{source_name}' has no '{split}' split in the data config")
+    if source.get("format") == "streaming":
+        options = {k: v for k, v in (streaming or {}).items() if k in ("cache_dir", "max_cache_size")}
+        return ShardRecords(str(spec["path"]), **options)
     records = READERS[source.get("format", "llava")](spec, split, source.get("prompt"))
     return records if isinstance(records, RecordStore | HFRecords) else RecordStore.from_records(records)

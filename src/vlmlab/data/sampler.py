@@ -172,3 +172,104 @@ class GroupedMixtureSampler(DistributedSampler):
         self._resume_at = None
         for batch in self.micro_batches()[skip:]:
             yield from batch.tolist()
+
+
+class StreamingMixtureSampler(GroupedMixtureSampler):
+    """The training order of a mixture read from optimised shards (`format: streaming`): chunk by chunk, as a
+    streaming loader reads, so that each process downloads and reads a few chunks at a time, not a random
+    record of any chunk at every step.
+
+    Each epoch, every source is drawn `weight` times as `GroupedMixtureSampler` draws it, but in chunk
+    order: its chunks are shuffled, and the records inside each chunk. The sources' streams are interleaved
+    at random positions (each keeps its own order), and the result is cut into one contiguous part per
+    process, all of equal length, so every process reads its own chunks and runs the same number of steps
+    (the remainder that does not fill a last global batch on every process is left out). Each process then
+    shuffles its part within windows of `shuffle_buffer` samples; with `group_by_length` a window's image and
+    text-only samples are taken apart and sorted by length before being cut into micro-batches (grouping
+    within the buffer, not over the epoch: more padding than `GroupedMixtureSampler`'s pools, measured in
+    experiments/data_loading/RESULTS.md), and the window's micro-batches are shuffled; the first window's
+    longest micro-batch goes first.
+
+    `chunk_sizes`: items per chunk of each source, in index order (a source of loose files is one chunk per
+    record: shuffled as a whole). Deterministic for a seed and epoch, so `resume_at` resumes exactly.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[Sequence[int]],
+        weights: Sequence[float],
+        chunk_sizes: Sequence[Sequence[int]],
+        batch_size: int,
+        micro_batch_size: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        group_by_length: bool = True,
+        shuffle_buffer: int = 4096,
+    ) -> None:
+        super().__init__(lengths, weights, batch_size, micro_batch_size, num_replicas, rank, seed, group_by_length)
+        if [sum(sizes) for sizes in chunk_sizes] != self.sizes:
+            raise ValueError(
+                f"chunk sizes add up to {[sum(c) for c in chunk_sizes]} records, sources hold {self.sizes}"
+            )
+        self.chunk_sizes = [torch.tensor(sizes, dtype=torch.long) for sizes in chunk_sizes]
+        self.shuffle_buffer = max(self.batch_size, shuffle_buffer // self.batch_size * self.batch_size)
+
+    def _chunk_pass(self, chunk_sizes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One pass over a source's records: its chunks in random order, each chunk's records shuffled."""
+        chunk_of = torch.repeat_interleave(torch.arange(len(chunk_sizes)), chunk_sizes)
+        position = torch.empty(len(chunk_sizes), dtype=torch.float64)
+        position[torch.randperm(len(chunk_sizes), generator=generator)] = torch.arange(
+            len(chunk_sizes), dtype=torch.float64
+        )
+        keys = position[chunk_of] + torch.rand(len(chunk_of), generator=generator, dtype=torch.float64)
+        return torch.argsort(keys)
+
+    def _draw(self, generator: torch.Generator) -> torch.Tensor:
+        streams, offset = [], 0
+        for chunk_sizes, (repeats, extra) in zip(self.chunk_sizes, self._counts()):
+            passes = [self._chunk_pass(chunk_sizes, generator) for _ in range(repeats)]
+            passes.append(self._chunk_pass(chunk_sizes, generator)[:extra])
+            streams.append(torch.cat(passes) + offset)
+            offset += int(chunk_sizes.sum())
+        labels = torch.cat([torch.full((len(s),), i) for i, s in enumerate(streams)])
+        labels = labels[torch.randperm(len(labels), generator=generator)]
+        mixed = torch.empty(len(labels), dtype=torch.long)
+        for i, stream in enumerate(streams):
+            mixed[labels == i] = stream
+        return mixed
+
+    def _window_batches(self, window: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        size = self.batch_size
+        window = window[torch.randperm(len(window), generator=generator)]
+        if not self.group_by_length:
+            return self._chunks(window, size)
+        batches, leftovers = [], []
+        for part in (window[self.lengths[window] > 0], window[self.lengths[window] <= 0]):
+            ordered = self._by_length(part)
+            batches += self._chunks(ordered, size)
+            leftovers.append(ordered[len(ordered) // size * size :])
+        batches += [self._by_length(b) for b in self._chunks(torch.cat(leftovers), size)]
+        return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+    def micro_batches(self) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        stream = self._draw(generator)
+        part = len(stream) // self.num_replicas
+        mine = stream[self.rank * part :][: self.micro_batches_per_epoch() * self.batch_size]
+        generator.manual_seed(self.seed + self.epoch + 7919 * (self.rank + 1))  # each process its own shuffles
+        batches = []
+        for start in range(0, len(mine), self.shuffle_buffer):
+            window = self._window_batches(mine[start : start + self.shuffle_buffer], generator)
+            if start == 0 and window:
+                longest = max(range(len(window)), key=lambda i: int(self.lengths[window[i]].abs().max()))
+                window = [window[longest]] + window[:longest] + window[longest + 1 :]
+            batches += window
+        return batches
+
+
+def padding_waste(batches: Sequence[torch.Tensor], lengths: torch.Tensor) -> float:
+    """The share of a padded batch's token slots that are padding, over all `batches` (index tensors)."""
+    slots = sum(len(b) * int(lengths[b].abs().max()) for b in batches if len(b))
+    used = sum(int(lengths[b].abs().sum()) for b in batches)
+    return 1 - used / slots if slots else 0.0

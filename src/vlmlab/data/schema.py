@@ -23,6 +23,13 @@ class AnyresSchema:
 
 
 @dataclass
+class StreamingSchema:
+    shuffle_buffer: int = 4096
+    cache_dir: str | None = None
+    max_cache_size: str | None = None
+
+
+@dataclass
 class SynthSchema:
     """`data.synthetic`: the fields of `vlmlab.data.synthetic.SynthConfig`."""
 
@@ -62,5 +69,7 @@ class DataSchema:
     packing: bool = False
     pack_length: int | None = None
     feature_cache: FeatureCacheSchema = field(default_factory=FeatureCacheSchema)
+    shards: str | None = None
+    streaming: StreamingSchema = field(default_factory=StreamingSchema)
     num_workers: int | None = None
     eval_batch_size: int = 16

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vlmlab.config import read_from_shards
 from vlmlab.errors import UsageError
 from vlmlab.training.stage import StageSpec
 
@@ -74,6 +75,7 @@ def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
     if not saved_file.is_file():
         return
     saved = OmegaConf.load(saved_file)
+    read_from_shards(saved)  # as validation rewrote this command's sources (the saved config is Hydra's, before)
     differ = []
     for key in RESUME_MUST_MATCH:
         before, now = saved.get(key), cfg.get(key)
