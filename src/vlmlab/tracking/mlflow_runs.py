@@ -1,8 +1,9 @@
 """MLflow runs of a curriculum: a parent run, one Lightning `MLFlowLogger` child run per stage.
 
 Every run carries the resolved config (as flattened params and as `config.yaml`), the git commit
-and, for a stage, its name. The store is whatever `tracking_uri` says (by default the sqlite file
-`mlflow.db` in the working directory, which `mlflow ui` opens).
+and, for a stage, its name and the data it trained on (dataset inputs). The store is whatever
+`tracking_uri` says (by default the sqlite file `mlflow.db` in the working directory, which `mlflow ui`
+opens). The experiment is marked as a model-training experiment, for the UI.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from vlmlab.tracking.datasets import DataSplit, log_datasets
+
 MAX_PARAM_LENGTH = 250  # MLflow's limit for a param value
+# MLflow's experiment-kind tag and its value for a model-training ("Machine learning") experiment, as the UI's kind
+# selector writes them. MLflow 3.17's UI opens experiments in the view of its own GenAI / Model training switch
+# (kept by the browser; `?workflowType=machine_learning` in the address sets it), whatever the tag: `ui_link`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 
 
 COMMIT_ENV = "VLMLAB_GIT_COMMIT"  # set in the Docker image at build time (it holds no .git and no git)
@@ -76,13 +85,18 @@ def sweep_tags() -> dict[str, str]:
 
 
 def experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_location: str | None) -> str:
-    """The id of experiment `name`, created when missing. A tracking server (http/https) stores the
+    """The id of experiment `name`, created when missing, and marked as a model-training experiment unless it
+    has a kind already (one a user chose in the UI stays). A tracking server (http/https) stores the
     artifacts of the experiments it creates itself: `artifact_location` applies to local stores only."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    remote = tracking_uri.startswith(("http://", "https://"))
-    return client.create_experiment(name, artifact_location=None if remote else artifact_location)
+    if experiment is None:
+        remote = tracking_uri.startswith(("http://", "https://"))
+        new_id = client.create_experiment(name, artifact_location=None if remote else artifact_location)
+        client.set_experiment_tag(new_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+        return new_id
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
 
 
 class StageLogger(MLFlowLogger):
@@ -114,7 +128,8 @@ class StageLogger(MLFlowLogger):
 
 
 class CurriculumTracker:
-    """Creates the parent run, hands out stage loggers, and logs final metrics on the parent."""
+    """Creates the parent run, hands out stage loggers, logs the stages' data, and logs final metrics on the
+    parent."""
 
     def __init__(
         self,
@@ -142,6 +157,13 @@ class CurriculumTracker:
 
     def log_config(self, run_id: str, cfg: DictConfig) -> None:
         log_config(self.client, run_id, cfg)
+
+    def ui_link(self) -> str:
+        """The experiment's page in the MLflow UI (the server's, or `mlflow ui`'s on a local store), in the UI's model
+        training view."""
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        base = self.tracking_uri.rstrip("/") if remote else UI_ADDRESS
+        return f"{base}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
 
     def log_model_facts(self, parts: dict[str, torch.nn.Module], image_tokens: int) -> None:
         """Parameter count per part (`model/params/<part>`) and image tokens per image, for comparisons."""
@@ -178,6 +200,9 @@ class CurriculumTracker:
             filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' AND tags.stage = '{stage}'",
         )
         return runs[0].info.run_id if runs else None
+
+    def log_datasets(self, run_id: str, splits: list[DataSplit]) -> None:
+        log_datasets(self.client, run_id, splits)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

@@ -89,6 +89,7 @@ def start_tracking(cfg: DictConfig, model: VisionLanguageModel, state: dict[str,
     """The curriculum's MLflow tracker: its parent run continued, or created (with the config and the model's
     facts) and recorded at once, so that a run killed from now on resumes into it."""
     tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id"))
+    log.info("MLflow: experiment '%s' at %s", tracker.experiment_name, tracker.ui_link())
     if "parent_run_id" not in state:
         state["parent_run_id"] = tracker.parent_run_id
         tracker.log_config(tracker.parent_run_id, cfg)

@@ -1,4 +1,4 @@
-"""Running one curriculum stage: its data module, trainer and MLflow run, `Trainer.fit` (continued from
+"""Running one curriculum stage: its data module, trainer and MLflow run (with its data), `Trainer.fit` (continued from
 the stage's `last.ckpt` when resuming), and the hand-off: the stage's weights written and recorded."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.objectives import build_objective
 from vlmlab.training.run_record import STATE_FILE, record_path, write_state
 from vlmlab.training.stage import StageSpec, mixture_weights
+from vlmlab.training.stage_tracking import stage_data_splits
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def run_stage(
         logger = tracker.stage_logger(spec.name, init_from, run_id=record.get("run_id"))
         if "run_id" not in record:
             tracker.log_config(logger.run_id, cfg)
+            tracker.log_datasets(logger.run_id, stage_data_splits(datamodule))
         record["run_id"] = logger.run_id
     record.update(status="running", init_from=record_path(init_from, run_dir) if init_from else "config")
     if main:
