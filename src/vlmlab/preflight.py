@@ -15,6 +15,8 @@ from vlmlab.data.formats import missing_paths
 from vlmlab.errors import UsageError
 from vlmlab.models.component_check import check_model_components
 from vlmlab.models.hub import check_component_weights
+from vlmlab.tracking.mlflow_runs import check_registration
+from vlmlab.tracking.registry import is_model_uri
 from vlmlab.training.run_record import find_run_to_resume, stages_to_run
 from vlmlab.training.stage import StageSpec, mixture_weights, stage_specs
 
@@ -76,8 +78,11 @@ def check_data_files(cfg: DictConfig, splits: list[tuple[str, str]]) -> None:
         )
 
 
-def check_weights_file(value: str | None, field: str) -> None:
-    """`init_from` / `checkpoint`: a stage folder, a model folder or a weights file that exists."""
+def check_weights_file(value: str | None, field: str, model_uri_ok: bool = False) -> None:
+    """`init_from` / `checkpoint`: a stage folder, a model folder or a weights file that exists (or, where
+    `model_uri_ok`, a models:/ URI of MLflow, looked up when the model loads)."""
+    if model_uri_ok and is_model_uri(value):
+        return
     if value and not Path(str(value)).exists():
         raise UsageError(f"{field}={value}: no such file or folder; give a stage folder <run>/stages/<stage>")
 
@@ -91,6 +96,8 @@ def check_before_training(cfg: DictConfig) -> list[StageSpec]:
     if cfg.get("resume"):
         find_run_to_resume(cfg)
     check_weights_file(cfg.get("init_from"), "init_from")
+    if cfg.get("logger"):
+        check_registration(cfg.logger.get("register_model"), cfg.logger.get("registered_model_name"))
     check_data_files(cfg, data_splits_used(cfg, specs))
     check_model_components(cfg.model)
     check_model_weights(cfg.model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.config import validate_model_config
 from vlmlab.inference.loading import LoadedModel, load_model
@@ -22,8 +22,15 @@ def device(name: str) -> str:
     return name
 
 
+def mlflow_uri(cfg: DictConfig) -> str | None:
+    """The MLflow store a `checkpoint=models:/...` is looked up in: the command's `mlflow_uri`, else its
+    `paths.mlflow_uri`, else None (MLflow's default: $MLFLOW_TRACKING_URI, or sqlite:///mlflow.db here)."""
+    return cfg.get("mlflow_uri") or OmegaConf.select(cfg, "paths.mlflow_uri", default=None)
+
+
 def load_from_command_line(cfg: DictConfig) -> LoadedModel:
-    """The model `cfg.checkpoint` names, built from its own saved config or the command's model/* groups."""
+    """The model `cfg.checkpoint` names (a folder, a file or a models:/ URI), built from its own saved config or
+    the command's model/* groups."""
     if cfg.model_source == "groups":
         validate_model_config(cfg)
     loaded = load_model(
@@ -33,6 +40,7 @@ def load_from_command_line(cfg: DictConfig) -> LoadedModel:
         image_resize=cfg.image_resize,
         model_choices_given=model_choices_given(),
         chat_template=cfg.get("chat_template"),
+        tracking_uri=mlflow_uri(cfg),
     )
     loaded.model.to(device(cfg.device))
     return loaded

@@ -27,7 +27,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     missing = [n for n in sources if n not in cfg.data.sources or cfg.data.sources[n].get(cfg.split) is None]
     if missing:
         raise ValueError(f"source(s) {missing} have no '{cfg.split}' split in this data config; set `sources`")
-    check_weights_file(cfg.checkpoint, "checkpoint")  # before the model is built
+    check_weights_file(cfg.checkpoint, "checkpoint", model_uri_ok=True)  # before the model is built
     check_data_files(cfg, [(name, cfg.split) for name in sources])
     loaded = load_from_command_line(cfg)
     OmegaConf.update(cfg, "data.image_resize", loaded.image_resize)  # as the model was trained

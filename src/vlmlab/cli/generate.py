@@ -16,7 +16,7 @@ from rich.progress import Progress
 from vlmlab.cli.common import load_from_command_line
 from vlmlab.cli.entry import hydra_command
 from vlmlab.data.image_processing import ImageLoadError
-from vlmlab.inference.answer import Assistant, GenerationOptions
+from vlmlab.inference.answer import Assistant, GenerationOptions, Request, answer_batches
 
 SHOWN_ERRORS = 5
 
@@ -64,23 +64,17 @@ def answer_requests(
 ) -> None:
     """Answer in batches, appending one JSON line per request to `output` as each batch finishes."""
     output.parent.mkdir(parents=True, exist_ok=True)
+    prompts = [Request(r["prompt"], r["images"], f"requests line {r['line']}") for r in requests]
     with output.open("w") as out, Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("generating", total=len(requests))
-        for start in range(0, len(requests), batch_size):
-            chunk = requests[start : start + batch_size]
-            samples = []
-            for request in chunk:
-                try:
-                    images = [assistant.load_image(p) for p in request["images"]]
-                    message = assistant.user_message(request["prompt"], len(images))
-                except ValueError as err:
-                    raise ValueError(f"requests line {request['line']}: {err}") from err
-                samples.append(assistant.encode([message], images))
-            for request, answer in zip(chunk, assistant.answer(samples, options)):
+        done = 0
+        for answers in answer_batches(assistant, prompts, options, batch_size):
+            for request, answer in zip(requests[done : done + len(answers)], answers):
                 row = {k: v for k, v in request.items() if k not in ("images", "line")}
                 out.write(json.dumps({**row, "answer": answer}) + "\n")
             out.flush()
-            progress.advance(task, len(chunk))
+            done += len(answers)
+            progress.advance(task, len(answers))
 
 
 def generate(cfg: DictConfig) -> list[str] | None:

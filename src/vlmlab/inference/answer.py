@@ -3,7 +3,7 @@ stop strings, and token streaming for the chat."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -60,9 +60,12 @@ class Assistant:
         self.layout = model.image_layout
         self.system = system
 
-    def load_image(self, path: str | Path) -> ProcessedImage:
-        """The image at `path` as the model takes it; an `ImageLoadError` naming it otherwise."""
-        return self.images(read_image(Path(path)))
+    def load_image(self, image: str | Path | bytes) -> ProcessedImage:
+        """The image at a path, or an image file's bytes, as the model takes it; an `ImageLoadError` naming it
+        otherwise."""
+        if isinstance(image, bytes):
+            return self.images(read_image({"bytes": image, "path": None}))
+        return self.images(read_image(Path(image)))
 
     def user_message(self, prompt: str, num_images: int) -> dict[str, str]:
         """The user turn: `prompt` with one `<image>` per image, in front of the text when it names none
@@ -104,6 +107,32 @@ class Assistant:
         streamer = StopStringStreamer(self.tokenizer, options.stop, out)
         self._generate([sample], options, streamer=streamer)
         return streamer.shown
+
+
+@dataclass(frozen=True)
+class Request:
+    """A prompt about images (paths or image files' bytes; none: text only)."""
+
+    prompt: str
+    images: Sequence[str | Path | bytes] = ()
+    label: str = ""  # names the request in an error about it, e.g. "requests line 3"
+
+
+def answer_batches(
+    assistant: Assistant, requests: Sequence[Request], options: GenerationOptions, batch_size: int
+) -> Iterator[list[str]]:
+    """The answers to `requests`, `batch_size` at a time (left-padded batches), one list per batch in order: what
+    `vlmlab-generate` and a model logged to MLflow answer. A request that cannot be encoded (an unreadable image,
+    placeholders that do not match its images) is a ValueError led by its label."""
+    for start in range(0, len(requests), batch_size):
+        samples = []
+        for request in requests[start : start + batch_size]:
+            try:
+                images = [assistant.load_image(image) for image in request.images]
+                samples.append(assistant.encode([assistant.user_message(request.prompt, len(images))], images))
+            except ValueError as err:
+                raise ValueError(f"{request.label}: {err}" if request.label else str(err)) from err
+        yield assistant.answer(samples, options)
 
 
 class StopStringStreamer(TextStreamer):

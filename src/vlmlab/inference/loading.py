@@ -1,4 +1,5 @@
-"""Loading a model to use it: a stage folder, a vlmlab model folder, or a Hugging Face LLaVA folder.
+"""Loading a model to use it: a stage folder, a vlmlab model folder, a Hugging Face LLaVA folder, or a model in
+MLflow (`models:/<name>/<version>`, a vlmlab model folder logged by `vlmlab-train`, see `vlmlab.tracking.registry`).
 
 A stage folder of a `vlmlab-train` run describes itself: the run's `.hydra/config.yaml` holds the model
 config and `tokenizer/` the tokenizer it trained with, so nobody retypes the model/* choices. A vlmlab
@@ -7,6 +8,7 @@ model folder (written by `vlmlab-export format=vlmlab` and `vlmlab-import`) carr
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -17,9 +19,17 @@ from vlmlab.data.image_processing import ResizeMode
 from vlmlab.interop.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
-from vlmlab.models.weights import WEIGHTS_FILE, load_weights, save_weights, saved_tokenizer, weights_path
+from vlmlab.models.weights import (
+    MODEL_CONFIG_FILE,
+    WEIGHTS_FILE,
+    describe_model_folder,
+    load_weights,
+    save_weights,
+    saved_tokenizer,
+    weights_path,
+)
+from vlmlab.tracking.registry import download_model, is_model_uri
 
-MODEL_CONFIG_FILE = "model.yaml"  # a vlmlab model folder's description: {model: ..., image_resize: ..., anyres: ...}
 MODEL_SOURCES = ("auto", "groups")  # auto: the config saved with the checkpoint; groups: the command line's
 
 
@@ -29,7 +39,7 @@ class LoadedModel:
     model_config: dict[str, Any]  # builds the same architecture (with llm.tokenizer pointing at the saved one)
     image_resize: ResizeMode  # how training resized images
     source: str  # where the model config came from, for messages
-    path: Path  # the weights file (or Hugging Face folder) loaded
+    path: Path  # the weights file (or Hugging Face folder) loaded; for a model in MLflow, its models:/ URI
     anyres: dict[str, Any] | None = None  # the tile grids of image_resize=anyres (data.anyres)
 
 
@@ -67,6 +77,7 @@ def load_model(
     image_resize: ResizeMode | None = None,
     model_choices_given: bool = False,
     chat_template: str | None = None,
+    tracking_uri: str | None = None,
 ) -> LoadedModel:
     """Build the model `checkpoint` was trained as and load its weights.
 
@@ -74,8 +85,16 @@ def load_model(
     (an error if `model_choices_given`: the command line's model/* choices would silently not apply),
     else `model_cfg`; `"groups"` always builds `model_cfg`. `image_resize` overrides the training run's.
     `chat_template` is for a Hugging Face LLaVA folder whose processor and tokenizer have none (a vlmlab
-    checkpoint keeps the template it trained with).
+    checkpoint keeps the template it trained with). A `models:/` URI is looked up in the MLflow store
+    `tracking_uri` (None: MLflow's default, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db) and loaded from a
+    temporary download.
     """
+    if is_model_uri(checkpoint):
+        with tempfile.TemporaryDirectory() as folder:
+            local = download_model(str(checkpoint), tracking_uri, Path(folder))
+            loaded = load_model(local, model_cfg, model_source, image_resize, model_choices_given, chat_template)
+        loaded.source, loaded.path = f"{checkpoint} ({MODEL_CONFIG_FILE})", Path(str(checkpoint))
+        return loaded
     if model_source not in MODEL_SOURCES:
         raise ValueError(f"model_source={model_source!r} is not one of {', '.join(MODEL_SOURCES)}")
     if image_resize is not None and image_resize not in get_args(ResizeMode):
@@ -120,9 +139,5 @@ def save_model_folder(loaded: LoadedModel, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(loaded.model, folder / WEIGHTS_FILE)
     loaded.model.llm.tokenizer.save_pretrained(str(folder / "tokenizer"))
-    config = dict(loaded.model_config, llm=dict(loaded.model_config["llm"]))
-    if "tokenizer" in config["llm"]:
-        config["llm"]["tokenizer"] = str((folder / "tokenizer").resolve())
-    description = {"model": config, "image_resize": loaded.image_resize, "anyres": loaded.anyres}
-    OmegaConf.save(description, folder / MODEL_CONFIG_FILE)
+    describe_model_folder(folder.resolve(), loaded.model_config, loaded.image_resize, loaded.anyres)
     return folder

@@ -3,7 +3,8 @@ error that says what does not match), and gathering a sharded model's full weigh
 
 A checkpoint is a stage's `model.safetensors` (or the stage folder holding it), or a Lightning
 checkpoint: a `.ckpt` file, or the folder a sharded strategy (FSDP, FSDP2) writes, which is gathered
-into one state dict here, in a single process.
+into one state dict here, in a single process. A vlmlab model folder is `model.safetensors`, `tokenizer/` and
+`model.yaml`, the description that builds the model again (`describe_model_folder`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_model, save_model
 from torch import nn
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 WEIGHTS_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "model.yaml"  # a vlmlab model folder's description: {model: ..., image_resize: ..., anyres: ...}
 SHOWN = 5  # mismatching names listed in the error
 FIX = "Use the model/* choices and overrides of the run that wrote it (see its .hydra/config.yaml)."
 
@@ -114,3 +117,18 @@ def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in module.state_dict().items()}
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(module, options=options)
+
+
+def describe_model_folder(
+    folder: str | Path, model_config: dict, image_resize: str | None, anyres: dict | None
+) -> Path:
+    """Write `model.yaml` into a folder holding `model.safetensors` and `tokenizer/`, making it a vlmlab model folder:
+    the model config (its `llm.tokenizer` the folder's tokenizer, the ids it trained with), how training resized
+    images and, for `anyres`, its tile grids."""
+    folder = Path(folder)
+    config = dict(model_config, llm=dict(model_config["llm"]))
+    if "tokenizer" in config["llm"]:
+        config["llm"]["tokenizer"] = str((folder / "tokenizer").absolute())
+    description = {"model": config, "image_resize": image_resize, "anyres": anyres}
+    OmegaConf.save(description, folder / MODEL_CONFIG_FILE)
+    return folder / MODEL_CONFIG_FILE

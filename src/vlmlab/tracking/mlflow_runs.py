@@ -1,9 +1,10 @@
 """MLflow runs of a curriculum: a parent run, one Lightning `MLFlowLogger` child run per stage.
 
 Every run carries the resolved config (as flattened params and as `config.yaml`), the git commit
-and, for a stage, its name and the data it trained on (dataset inputs). The store is whatever
-`tracking_uri` says (by default the sqlite file `mlflow.db` in the working directory, which `mlflow ui`
-opens). The experiment is marked as a model-training experiment, for the UI.
+and, for a stage, its name, the data it trained on (dataset inputs) and, when configured, its model
+(logged and registered, `tracking.registry`). The store is whatever `tracking_uri` says (by default the
+sqlite file `mlflow.db` in the working directory, which `mlflow ui` opens). The experiment is marked as a
+model-training experiment, for the UI.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from vlmlab.errors import UsageError
 from vlmlab.tracking.datasets import DataSplit, log_datasets
+from vlmlab.tracking.registry import REGISTER_CHOICES, LoggedVersion, add_model_output, log_model
 
 MAX_PARAM_LENGTH = 250  # MLflow's limit for a param value
 # MLflow's experiment-kind tag and its value for a model-training ("Machine learning") experiment, as the UI's kind
@@ -99,6 +102,16 @@ def experiment_id(client: MlflowClient, tracking_uri: str, name: str, artifact_l
     return experiment.experiment_id
 
 
+def check_registration(register_model: str | None, registered_model_name: str | None) -> None:
+    """`logger.register_model` is null, final or every_stage, and names a registered model when set."""
+    if register_model is not None and register_model not in REGISTER_CHOICES:
+        raise UsageError(f"logger.register_model={register_model!r} is not one of null, {', '.join(REGISTER_CHOICES)}")
+    if register_model is not None and not registered_model_name:
+        raise UsageError(
+            f"logger.register_model={register_model} needs logger.registered_model_name: the Model Registry name"
+        )
+
+
 class StageLogger(MLFlowLogger):
     """Lightning's `MLFlowLogger` for a stage's run, logging each step once.
 
@@ -128,8 +141,8 @@ class StageLogger(MLFlowLogger):
 
 
 class CurriculumTracker:
-    """Creates the parent run, hands out stage loggers, logs the stages' data, and logs final metrics on the
-    parent."""
+    """Creates the parent run, hands out stage loggers, logs the stages' data and models, and logs final metrics on
+    the parent."""
 
     def __init__(
         self,
@@ -138,8 +151,16 @@ class CurriculumTracker:
         run_name: str,
         artifact_location: str | None,
         parent_run_id: str | None = None,
+        register_model: str | None = None,
+        registered_model_name: str | None = None,
     ) -> None:
-        """`parent_run_id`: continue that run (a resumed curriculum) instead of creating one."""
+        """`parent_run_id`: continue that run (a resumed curriculum) instead of creating one. `register_model`:
+        log and register the last stage's model (`final`), each stage's (`every_stage`), or none (None), under
+        `registered_model_name`."""
+        check_registration(register_model, registered_model_name)
+        self.register_model = register_model
+        self.registered_model_name = registered_model_name
+        self.final_model: LoggedVersion | None = None  # the last stage's logged model, once logged
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.client = MlflowClient(tracking_uri)
@@ -204,9 +225,26 @@ class CurriculumTracker:
     def log_datasets(self, run_id: str, splits: list[DataSplit]) -> None:
         log_datasets(self.client, run_id, splits)
 
+    def logs_model(self, last_stage: bool) -> bool:
+        """Whether a stage's model is logged: every stage's, or the last one's, as `register_model` says."""
+        return self.register_model == "every_stage" or (self.register_model == "final" and last_stage)
+
+    def log_model(self, run_id: str, folder: Path, stage: str, step: int, last_stage: bool) -> LoggedVersion:
+        """Log the stage's model folder to its run, registered under `registered_model_name` (a version tagged with
+        the stage and the curriculum's run), with the stage run's metrics linked. The last stage's model is also an
+        output of the parent run, and the test metrics logged after it are linked to it."""
+        tags = {"stage": stage, "curriculum_run_id": self.parent_run_id}
+        logged = log_model(self.tracking_uri, run_id, folder, self.registered_model_name, step, tags)
+        if last_stage:
+            self.final_model = logged
+            add_model_output(self.client, self.parent_run_id, logged.model_id, step)
+        return logged
+
     def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Metrics of the parent run (test scores), linked to the final model when one was logged."""
+        model_id = self.final_model.model_id if self.final_model else None
         for key, value in metrics.items():
-            self.client.log_metric(self.parent_run_id, key, value)
+            self.client.log_metric(self.parent_run_id, key, value, model_id=model_id)
 
     def log_artifact(self, path: str | Path) -> None:
         self.client.log_artifact(self.parent_run_id, str(path))

@@ -2,7 +2,8 @@
 
 Stage k+1 starts from stage k's weights. The hand-off is recorded, not guessed: after each stage its
 weights are saved as `stages/<name>/model.safetensors` and the run record (`training.run_record`) names
-that file; the next stage's MLflow run records it in its `init_from` tag.
+that file; the next stage's MLflow run records it in its `init_from` tag. With `logger.register_model`, the
+last stage's model (or every stage's) is logged to its MLflow run and registered.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vlmlab.training.distributed import global_rank
 from vlmlab.training.run_record import STATE_FILE, load_state, resolve_record_path, stages_to_run, write_state
 from vlmlab.training.stage import stage_specs
 from vlmlab.training.stage_runner import run_stage
+from vlmlab.training.stage_tracking import log_stage_model
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,11 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
             stage = run_stage(cfg, spec, seed, model, init_from, state, run_dir, tracker, main)
             model, init_from, datamodule, answers = stage.model, stage.weights, stage.datamodule, stage.answers
             metrics.update(stage.metrics)
+            last = spec.name == all_specs[-1].name
+            if tracker is not None and tracker.logs_model(last):
+                record = state["stages"][spec.name]
+                stage_dir = Path(stage.weights).parent
+                log_stage_model(cfg, tracker, spec.name, record["run_id"], stage_dir, record["global_step"], last)
         if main and cfg.eval.enabled and answers:
             metrics.update(evaluate_test_splits(cfg, model, datamodule, run_dir, tracker))
         elif main and cfg.eval.enabled:
