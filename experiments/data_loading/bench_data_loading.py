@@ -6,7 +6,8 @@
 Part 1 writes COCO-sized JPEGs (640x480) and LLaVA-format records to a temporary folder, then times the
 training dataloader (read, decode, letterbox to 336 px, normalise, tokenise with the chat template,
 collate) with 0, 1 and 2 worker processes. Part 2 compares the padding of random batches with the
-grouped sampler's on a length distribution like LLaVA-665K's (or on the real file's, if given).
+grouped sampler's (global pools) and the streaming sampler's (grouping within a shuffle buffer, records in
+LitData-sized chunks of 400) on a length distribution like LLaVA-665K's (or on the real file's, if given).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import ConversationDataset, collate
 from vlmlab.data.formats import read_llava
 from vlmlab.data.image_processing import ImageProcessor
-from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
+from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler, estimate_length
+from vlmlab.data.sampler import padding_waste as sampler_padding_waste
 from vlmlab.data.synthetic import tokenizer_corpus
 from vlmlab.models.encoders.base import ImagePreprocessing
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
@@ -121,26 +123,39 @@ def llava_665k_like_lengths(seed: int = 0) -> list[int]:
     return lengths
 
 
-def padding_waste(lengths: list[int], batch_size: int, num_replicas: int, group_by_length: bool) -> tuple[float, int]:
-    """(fraction of padded token positions, longest sample of the first step) over one epoch, all ranks."""
-    padded = real = 0
-    first = 0
+ORDERS = {
+    "random": "random",
+    "grouped": "grouped by modality + length (pools of 50 global batches)",
+    "streaming": "streaming: chunk by chunk, grouped within a shuffle buffer",
+}
+
+
+def padding_waste(
+    lengths: list[int], batch_size: int, num_replicas: int, order: str, shuffle_buffer: int = 4096, chunk: int = 400
+) -> tuple[float, int]:
+    """(fraction of padded token positions, longest sample of the first step) over one epoch, all ranks.
+    `streaming`: the records in LitData chunks of `chunk` records, each process's part shuffled and grouped
+    within windows of `shuffle_buffer` samples (`StreamingMixtureSampler`)."""
+    table = torch.tensor(lengths)
+    batches, first = [], 0
     for rank in range(num_replicas):
-        sampler = GroupedMixtureSampler(
-            [lengths],
-            [1.0],
-            batch_size * num_replicas,  # global batch: `batch_size` per process
+        common = dict(
+            lengths=[lengths],
+            weights=[1.0],
+            batch_size=batch_size * num_replicas,  # global batch: `batch_size` per process
             micro_batch_size=batch_size,
             num_replicas=num_replicas,
             rank=rank,
-            group_by_length=group_by_length,
         )
-        order = torch.tensor(list(sampler)).view(-1, batch_size)
-        batch_lengths = torch.tensor(lengths).abs()[order]
-        padded += int(batch_lengths.max(dim=1).values.sum()) * batch_size
-        real += int(batch_lengths.sum())
-        first = max(first, int(batch_lengths[0].max()))
-    return 1 - real / padded, first
+        if order == "streaming":
+            chunks = [chunk] * (len(lengths) // chunk) + ([len(lengths) % chunk] if len(lengths) % chunk else [])
+            sampler = StreamingMixtureSampler(**common, chunk_sizes=[chunks], shuffle_buffer=shuffle_buffer)
+        else:
+            sampler = GroupedMixtureSampler(**common, group_by_length=order == "grouped")
+        rank_batches = sampler.micro_batches()
+        batches += rank_batches
+        first = max(first, int(table[rank_batches[0]].abs().max()))
+    return sampler_padding_waste(batches, table), first
 
 
 def main() -> None:
@@ -150,12 +165,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per worker count")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--llava-json", type=Path, help="use this LLaVA JSON's estimated lengths for part 2")
+    parser.add_argument("--padding-only", action="store_true", help="part 2 only (no image files, no timing)")
+    parser.add_argument("--shuffle-buffers", type=int, nargs="+", default=[1024, 4096, 16384])
     args = parser.parse_args()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads")
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = write_dataset(Path(folder), args.num_images)
-        loading_throughput(path, args.workers, args.batch_size, args.epochs)
+    if not args.padding_only:
+        with tempfile.TemporaryDirectory() as folder:
+            path = write_dataset(Path(folder), args.num_images)
+            loading_throughput(path, args.workers, args.batch_size, args.epochs)
 
     if args.llava_json:
         lengths = [estimate_length(r, IMAGE_TOKENS) for r in json.loads(args.llava_json.read_text())]
@@ -169,10 +187,11 @@ def main() -> None:
     print("| per-GPU batch | GPUs | order | padding waste | longest sample at step 1 |")
     print("|---|---|---|---|---|")
     for batch_size, replicas in ((16, 1), (16, 8), (4, 8)):
-        for grouped in (False, True):
-            waste, first = padding_waste(lengths, batch_size, replicas, grouped)
-            name = "grouped by modality + length" if grouped else "random"
-            print(f"| {batch_size} | {replicas} | {name} | {100 * waste:.1f} % | {first} |")
+        for order in ORDERS:
+            for buffer in args.shuffle_buffers if order == "streaming" else [None]:
+                waste, first = padding_waste(lengths, batch_size, replicas, order, buffer or 0)
+                name = ORDERS[order] + (f", buffer {buffer}" if buffer else "")
+                print(f"| {batch_size} | {replicas} | {name} | {100 * waste:.1f} % | {first} |", flush=True)
 
 
 if __name__ == "__main__":

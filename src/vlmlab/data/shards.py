@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -171,6 +172,7 @@ class ShardRecords(Sequence[Record]):
         if self._dataset is None or self._opened_in != os.getpid():
             from litdata import StreamingDataset
 
+            logging.getLogger("litdata").setLevel(logging.WARNING)  # two INFO lines per opening, in every worker
             dataset = StreamingDataset(self.path, cache_dir=self.cache_dir, max_cache_size=self.max_cache_size)
             # Whole chunks into the cache rather than one ranged read per item: the sampler reads chunk by chunk.
             dataset._on_demand_bytes = False
