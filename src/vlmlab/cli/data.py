@@ -36,6 +36,13 @@ STOPPED_AT_BAD_RECORD = 3
 CHECK_SETTINGS = ("max_length", "image_resize", "anyres", "on_bad_record")
 
 
+def add_selection(parser: argparse.ArgumentParser, verb: str) -> None:
+    """--split, --source and --limit: which part of the data config a command goes through."""
+    parser.add_argument("--split", action="append", choices=["train", "val", "test"], help="default: every split")
+    parser.add_argument("--source", action="append", help=f"{verb} only this source of the data config (repeatable)")
+    parser.add_argument("--limit", type=int, default=None, help=f"{verb} only the first N records of each split")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlmlab-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "matters: its tokenizer and image token count set the lengths. Exits 0 when clean, 1 when problems "
         "were found, 2 on a usage error (a bad option, a missing file), 3 when it stopped at a bad record.",
     )
-    check.add_argument("--split", action="append", choices=["train", "val", "test"], help="default: every split")
-    check.add_argument("--source", action="append", help="check only this source of the data config (repeatable)")
-    check.add_argument("--limit", type=int, default=None, help="check only the first N records of each split")
+    add_selection(check, "check")
     check.add_argument("--json", action="store_true", help="print the report as JSON (every problem id) on stdout")
     check.add_argument("overrides", nargs="*", help="Hydra overrides, as for vlmlab-train (e.g. data=vqav2)")
     optimize = commands.add_parser(
@@ -66,9 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from the same input is left as it is. Train from it with data.shards=<output> (every source) or a "
         "source's format: streaming.",
     )
-    optimize.add_argument("--split", action="append", choices=["train", "val", "test"], help="default: every split")
-    optimize.add_argument("--source", action="append", help="write only this source (repeatable)")
-    optimize.add_argument("--limit", type=int, default=None, help="write only the first N records of each split")
+    add_selection(optimize, "write")
     optimize.add_argument("--workers", type=int, default=None, help="writer processes (default: one per CPU, max 8)")
     optimize.add_argument("--chunk-bytes", default="64MB", help="target size of a chunk file (default: 64MB)")
     optimize.add_argument(
