@@ -91,6 +91,8 @@ def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> Non
     assert set(children) == {"align", "instruct"}
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["test/vqa/vqa_accuracy"] == metrics["test/vqa/vqa_accuracy"]
+    parent_data = {(d.dataset.name, d.tags[0].value) for d in parent.inputs.dataset_inputs}
+    assert {("vqa/test", "testing"), ("caption/train", "training"), ("doc/val", "validation")} <= parent_data
     assert parent.data.params["model.connector._target_"] == "vlmlab.models.connectors.MLPConnector"
     assert children["instruct"].data.tags["init_from"] == str(run_dir / state["stages"]["align"]["weights"])
     assert children["align"].data.tags["init_from"] == "config"

@@ -223,7 +223,11 @@ class CurriculumTracker:
         return runs[0].info.run_id if runs else None
 
     def log_datasets(self, run_id: str, splits: list[DataSplit]) -> None:
+        """The splits as dataset inputs of a stage's run and of the parent run, whose row in the UI so shows all the
+        data of the curriculum (the test splits are logged on it alone)."""
         log_datasets(self.client, run_id, splits)
+        if run_id != self.parent_run_id:
+            log_datasets(self.client, self.parent_run_id, splits)
 
     def logs_model(self, last_stage: bool) -> bool:
         """Whether a stage's model is logged: every stage's, or the last one's, as `register_model` says."""

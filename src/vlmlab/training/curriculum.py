@@ -26,7 +26,7 @@ from vlmlab.training.distributed import global_rank
 from vlmlab.training.run_record import STATE_FILE, load_state, resolve_record_path, stages_to_run, write_state
 from vlmlab.training.stage import stage_specs
 from vlmlab.training.stage_runner import run_stage
-from vlmlab.training.stage_tracking import log_stage_model
+from vlmlab.training.stage_tracking import data_splits, log_stage_model
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def evaluate_test_splits(
         metrics_file="test_metrics.json",
     )
     if tracker is not None:
+        tracker.log_datasets(tracker.parent_run_id, data_splits(datamodule, [(name, "test") for name in sources]))
         tracker.log_metrics(metrics)
         for path in files:
             tracker.log_artifact(path)

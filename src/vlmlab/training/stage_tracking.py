@@ -21,18 +21,23 @@ log = logging.getLogger(__name__)
 MODEL_FOLDER = "vlmlab_model"  # the logged model's data folder (data/vlmlab_model in its artifacts)
 
 
+def data_splits(datamodule: VLMDataModule, wanted: list[tuple[str, str]]) -> list[DataSplit]:
+    """The (source, split) pairs `wanted`, each with its origin, record count and digest."""
+    datamodule.prepare_data()  # synthetic data is written on first use
+    return [
+        data_split(name, split, split_origin(name, datamodule.sources[name], split), datamodule.records(name, split))
+        for name, split in wanted
+    ]
+
+
 def stage_data_splits(datamodule: VLMDataModule) -> list[DataSplit]:
     """The train split of each source the stage's mixture samples from, and the val split of each that has one
     (what its validation reads)."""
-    datamodule.prepare_data()  # synthetic data is written on first use
-    splits = []
+    wanted = []
     for name, weight in datamodule.mixture.items():
-        source = datamodule.sources[name]
-        for split in ("train", "val"):
-            if (split == "train" and weight > 0) or (split == "val" and source.get("val")):
-                origin = split_origin(name, source, split)
-                splits.append(data_split(name, split, origin, datamodule.records(name, split)))
-    return splits
+        wanted += [(name, "train")] if weight > 0 else []
+        wanted += [(name, "val")] if datamodule.sources[name].get("val") else []
+    return data_splits(datamodule, wanted)
 
 
 def log_stage_model(
