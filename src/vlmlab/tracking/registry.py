@@ -176,9 +176,7 @@ def download_model(uri: str, tracking_uri: str | None, folder: Path) -> Path:
         local = Path(download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=tracking_uri))
     except MlflowException as err:
         store = tracking_uri or mlflow.get_tracking_uri()
-        raise ValueError(
-            f"checkpoint={uri}: {err.message} (looked up in the MLflow store {store})"
-        ) from err
+        raise ValueError(f"checkpoint={uri}: {err.message} (looked up in the MLflow store {store})") from err
     flavor = Model.load(str(local)).flavors.get("python_function", {})
     if flavor.get("loader_module") != LOADER_MODULE or not flavor.get("data"):
         raise ValueError(f"{uri} is not a model logged by vlmlab (its MLmodel has no {LOADER_MODULE} data)")
