@@ -7,11 +7,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig
 
 from tests.conftest import FAST_OVERRIDES
+from vlmlab.errors import UsageError
+from vlmlab.preflight import check_before_training
 
 BIN = Path(sys.executable).parent
 USAGE_ERROR = 2
@@ -44,41 +48,46 @@ def train(
     return run([str(BIN / "vlmlab-train"), *(FAST_OVERRIDES if fast else []), *overrides], workdir, env)
 
 
-@pytest.mark.parametrize(
-    ("overrides", "fragments"),
-    [
-        (
-            ["curriculum.stages.instruct.max_steps=abc"],
-            ["curriculum.stages.instruct.max_steps", "could not be converted to Integer", "takes int"],
-        ),
-        (["+trainer.max_steps=100"], ["trainer.max_steps has no effect", "curriculum.stages.<stage>.max_steps"]),
-        (["data.max_length=long"], ["data.max_length", "takes int"]),
-        (["+data.sources.vqa.question_file=x"], ["data.sources.vqa has unknown field(s) ['question_file']"]),
-        (["model.connector.depth=two"], ["model.connector.depth='two' is not of the type", "int"]),
-        (["+model.encoder.patch=8"], ["model.encoder.patch is not an option of", "model_name"]),
-        (["model.llm=qwen2_5_0_5b_instruct"], ["write model/llm=NAME (with a slash)"]),
-        (["init_from=nowhere/stages/align"], ["init_from=nowhere/stages/align: no such file or folder"]),
-        (["resume=outputs/nowhere"], ["resume=outputs/nowhere: no curriculum_state.json there"]),
-    ],
-    ids=[
-        "stage-type",
-        "trainer-key",
-        "data-type",
-        "source-key",
-        "connector-type",
-        "encoder-key",
-        "dot",
-        "init",
-        "resume",
-    ],
-)
-def test_config_mistakes_are_one_line_before_anything_starts(
-    tmp_path: Path, synth_root: Path, overrides: list[str], fragments: list[str]
-) -> None:
+# Each mistake and what its one line must say. All are checked in-process by `check_before_training`, the
+# function `vlmlab-train` runs first; the first two also through the CLI (one line, exit 2, nothing started).
+MISTAKES = {
+    "stage-type": (
+        ["curriculum.stages.instruct.max_steps=abc"],
+        ["curriculum.stages.instruct.max_steps", "could not be converted to Integer", "takes int"],
+    ),
+    "resume": (["resume=outputs/nowhere"], ["resume=outputs/nowhere: no curriculum_state.json there"]),
+    "trainer-key": (
+        ["+trainer.max_steps=100"],
+        ["trainer.max_steps has no effect", "curriculum.stages.<stage>.max_steps"],
+    ),
+    "data-type": (["data.max_length=long"], ["data.max_length", "takes int"]),
+    "source-key": (["+data.sources.vqa.question_file=x"], ["data.sources.vqa has unknown field(s) ['question_file']"]),
+    "connector-type": (["model.connector.depth=two"], ["model.connector.depth='two' is not of the type", "int"]),
+    "encoder-key": (["+model.encoder.patch=8"], ["model.encoder.patch is not an option of", "model_name"]),
+    "dot": (["model.llm=qwen2_5_0_5b_instruct"], ["write model/llm=NAME (with a slash)"]),
+    "init": (["init_from=nowhere/stages/align"], ["init_from=nowhere/stages/align: no such file or folder"]),
+}
+
+
+@pytest.mark.parametrize("mistake", ["stage-type", "resume"])
+def test_config_mistakes_are_one_line_before_anything_starts(tmp_path: Path, synth_root: Path, mistake: str) -> None:
+    overrides, fragments = MISTAKES[mistake]
     result = train(tmp_path, f"data.root={synth_root}", *overrides)
     assert_usage_error(result, "vlmlab-train", *fragments)
     assert_nothing_started(tmp_path)
     assert "vlmlab.models.builder" not in result.stdout + result.stderr  # the model was not built
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_each_config_mistake_is_found_by_the_checks_before_training(
+    compose_config: Callable[..., DictConfig], mistake: str
+) -> None:
+    overrides, fragments = MISTAKES[mistake]
+    with pytest.raises(UsageError) as caught:
+        check_before_training(compose_config(overrides))
+    assert "\n" not in str(caught.value)
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)
 
 
 def test_hydra_composition_errors_exit_with_the_usage_code(tmp_path: Path) -> None:

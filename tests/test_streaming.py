@@ -21,6 +21,7 @@ from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler, 
 from vlmlab.data.shards import ShardRecords, read_meta
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.tracking.datasets import records_digest
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,8 @@ def test_optimize_leaves_bad_records_out_and_shards_give_the_files_samples(
     shards = VLMDataModule.from_config(streamed_cfg.data, model, cfg.seed)
     records = shards.records(source, "train")
     assert isinstance(records, ShardRecords) and len(records) == result.kept
+    assert records_digest(records) != records_digest(files.records(source, "train"))
+    assert records._dataset is None  # the MLflow dataset digest read no item: it is the fingerprint's
     assert len(records.chunk_sizes) >= workers  # each writer its own chunks
     expected, got = files.dataset(source, "train"), shards.dataset(source, "train")
     for position, index in enumerate(result.report.kept):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import get_args
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.conversation_dataset import BadRecordPolicy
 from vlmlab.data.formats import split_spec
 from vlmlab.data.image_processing import ResizeMode
 from vlmlab.data.schema import DataSchema, SourceSchema
-from vlmlab.data.shards import join
+from vlmlab.data.shards import read_from_shards
 from vlmlab.data.tiling import tiling_from_options
 from vlmlab.errors import UsageError, check_types
 from vlmlab.eval.metrics import METRICS
@@ -44,20 +44,6 @@ def validate_model_config(cfg: DictConfig) -> None:
                 f"model/{part}=NAME (with a slash); `model.{part}=NAME` replaces the whole node with a string. "
                 f"Presets: {', '.join(group_options(f'model/{part}'))}"
             )
-
-
-def read_from_shards(cfg: DictConfig) -> None:
-    """With `data.shards` set, point every split of every source at its `vlmlab-data optimize` output
-    (`<shards>/<source>/<split>`, format `streaming`), in place. Applying it twice changes nothing."""
-    shards = cfg.data.get("shards")
-    if not shards:
-        return
-    for name, source in cfg.data.sources.items():
-        with open_dict(source):
-            source.format = "streaming"
-            for split in ("train", "val", "test"):
-                if source.get(split) is not None:
-                    source[split] = join(str(shards), name, split)
 
 
 def validate_config(cfg: DictConfig) -> None:

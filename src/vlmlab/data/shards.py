@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, open_dict
 
 Record = dict[str, Any]
 META_FILE = "vlmlab.json"
@@ -162,6 +163,7 @@ class ShardRecords(Sequence[Record]):
                 f"{path}: index.json holds {sum(self.chunk_sizes)} items but lengths.npz {len(self.words)}; "
                 "the folder is damaged: write it again with `vlmlab-data optimize`"
             )
+        self.fingerprint: str = self.meta["fingerprint"]  # of the input it was written from (a digest of the records)
         self._dataset: Any = None
         self._opened_in: int | None = None  # the process that opened it (a forked worker opens its own)
 
@@ -200,3 +202,17 @@ class ShardRecords(Sequence[Record]):
             tokens = self.images.astype(np.int64) * image_tokens
         lengths = self.words.astype(np.int64) + tokens
         return np.where(self.images > 0, lengths, -np.maximum(self.words, 1)).tolist()
+
+
+def read_from_shards(cfg: DictConfig) -> None:
+    """With `data.shards` set, point every split of every source at its `vlmlab-data optimize` output
+    (`<shards>/<source>/<split>`, format `streaming`), in place. Applying it twice changes nothing."""
+    shards = cfg.data.get("shards")
+    if not shards:
+        return
+    for name, source in cfg.data.sources.items():
+        with open_dict(source):
+            source.format = "streaming"
+            for split in ("train", "val", "test"):
+                if source.get(split) is not None:
+                    source[split] = join(str(shards), name, split)

@@ -38,8 +38,13 @@ class DataSplit:
 
 
 def records_digest(records: Sequence[Any], limit: int = DIGEST_RECORDS) -> str:
-    """A short hash of the record count and the first `limit` records (as sorted-key JSON)."""
+    """A short hash of the record count and the first `limit` records (as sorted-key JSON); for optimised shards
+    (`vlmlab.data.shards.ShardRecords`), of the fingerprint they were written with, so that nothing is read."""
     digest = hashlib.sha256(str(len(records)).encode())
+    fingerprint = getattr(records, "fingerprint", None)
+    if isinstance(fingerprint, str):
+        digest.update(fingerprint.encode())
+        return digest.hexdigest()[:DIGEST_CHARS]
     for record in itertools.islice(records, limit):
         digest.update(json.dumps(record, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:DIGEST_CHARS]

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vlmlab.config import read_from_shards
+from vlmlab.data.shards import read_from_shards
 from vlmlab.errors import UsageError
 from vlmlab.training.stage import StageSpec
 
