@@ -10,7 +10,7 @@
 # 3 no CUDA device (without --dry-run): said within a second, before anything is installed or imported.
 set -uo pipefail
 started=$(date +%s.%N)
-cd "$(dirname "$0")/../.."
+repo=$(cd "$(dirname "$0")/../.." && pwd)  # paths given on the command line stay relative to the caller's folder
 
 dry_run=0 wheels="" args=()
 while (($#)); do
@@ -47,19 +47,19 @@ step() {
 
 if [[ -n $wheels ]]; then
     python=python3
-    site=$PWD/outputs/gpu_check/site
+    site=$repo/outputs/gpu_check/site
     step "pip install --no-index --no-deps --target $site $wheels/*.whl" \
         $python -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl ||
         { echo "check.sh: installing the wheels of $wheels failed: $(tail -n 3 "$logs"/*.log)" >&2 && exit 2; }
-    export PYTHONPATH=$PWD/src:$site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=$repo/src:$site${PYTHONPATH:+:$PYTHONPATH}
 elif ((dry_run)); then
     # The dry run (a test) leaves the .venv as it is: it may be shared with runs going on beside it.
-    python=.venv/bin/python
-    state="up to date" && make -q install || state="out of date: make install would reinstall"
+    python=$repo/.venv/bin/python
+    state="up to date" && make -C "$repo" -q install || state="out of date: make install would reinstall"
     step "make install: not run in a dry run; the .venv is $state" true
 else
-    python=.venv/bin/python
-    step "make install" make install ||
+    python=$repo/.venv/bin/python
+    step "make install" make -C "$repo" install ||
         { echo "check.sh: make install failed: $(tail -n 5 "$logs"/make.log)" >&2 && exit 2; }
 fi
 if ((!dry_run)) && ! $python -c "import flash_attn" >/dev/null 2>&1; then
@@ -71,4 +71,4 @@ if ((!dry_run)) && ! $python -c "import flash_attn" >/dev/null 2>&1; then
         ${wheels:+--target "$site"} flash-attn
 fi
 
-exec $python experiments/gpu/check.py --started "$started" --installs "$record" "${args[@]}"
+exec $python "$repo/experiments/gpu/check.py" --started "$started" --installs "$record" "${args[@]}"
