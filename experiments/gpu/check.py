@@ -105,7 +105,7 @@ DRY_RUN_SUBSTITUTIONS = [
     "of the block takes 1-2 minutes on 2 cores; Dynamo and AOTAutograd still trace each block",
     "packing with flash_attention_2: not run (no flash-attn on the CPU)",
     "MFU: against the CPU's measured fp32 matmul rate (no datasheet peak); peak memory: the process's peak RSS",
-    "installs: `make install` only (a no-op on an installed .venv); no flash-attn",
+    "installs: `make install` is checked, not run (the .venv may be shared with runs beside this one); no flash-attn",
 ]
 
 
