@@ -266,7 +266,7 @@ class Check:
             self.write_config(name, case)
         pending = list(plan)
         while pending:
-            if not self.reference_align.exists() and (self.runs / REFERENCE).exists():
+            if REFERENCE not in pending and not self.reference_align.exists():
                 for name in [n for n in pending if not plan[n].both_stages]:
                     self.notes[name] = f"not run: {REFERENCE} left no align weights to start from"
                     pending.remove(name)
@@ -283,13 +283,15 @@ class Check:
             ]
             returncode = self.run(command, "sweep.log", budget)
             started = [n for n in pending if (self.runs / n).exists()]
-            pending = [n for n in pending if n not in started]
             if returncode is None:
                 self.notes.update({started[-1]: "stopped at the time budget"} if started else {})
+                pending = [n for n in pending if n not in started]
                 break
-            if not started:
-                break
-        self.notes.update({n: "not run: time budget or an earlier crash (logs/sweep.log)" for n in pending})
+            if not started:  # a usage error ends the whole sweep, and its job leaves no folder
+                self.notes[pending[0]] = "not run: vlmlab-train refused it (logs/sweep.log says why)"
+                started = pending[:1]
+            pending = [n for n in pending if n not in started]
+        self.notes.update({n: "not run: time budget" for n in pending})
 
     def kill_and_resume(self) -> dict[str, Any]:
         """The reference's instruct stage again, SIGKILLed after a checkpoint, then resumed with `resume=`."""
