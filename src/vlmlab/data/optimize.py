@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,8 +36,6 @@ from vlmlab.data.shards import (
     write_bytes,
 )
 from vlmlab.errors import UsageError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

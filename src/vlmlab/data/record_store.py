@@ -44,6 +44,13 @@ def record_image_count(record: Any) -> int:
     return 0 if image is None else 1 if isinstance(image, str | dict) else len(image)
 
 
+def lengths_from_counts(words: np.ndarray, images: np.ndarray, image_tokens: np.ndarray) -> list[int]:
+    """`vlmlab.data.sampler.estimate_length` from per-record counts: words plus the record's image tokens,
+    or minus the words (at least 1) for a text-only record."""
+    lengths = words.astype(np.int64) + image_tokens
+    return np.where(images > 0, lengths, -np.maximum(words, 1)).tolist()
+
+
 class RecordStore(Sequence[Record]):
     """Records as JSON documents in one Arrow array, with each record's word and image counts (for length
     grouping without decoding). Read-only: `store[i]` is a new dict each time."""
@@ -87,8 +94,7 @@ class RecordStore(Sequence[Record]):
 
     def estimated_lengths(self, image_tokens: int) -> list[int]:
         """`vlmlab.data.sampler.estimate_length` of every record, from the stored counts."""
-        lengths = self.words.astype(np.int64) + self.images.astype(np.int64) * image_tokens
-        return np.where(self.images > 0, lengths, -np.maximum(self.words, 1)).tolist()
+        return lengths_from_counts(self.words, self.images, self.images.astype(np.int64) * image_tokens)
 
     @property
     def nbytes(self) -> int:

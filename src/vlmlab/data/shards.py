@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
+from vlmlab.data.record_store import lengths_from_counts
+
 Record = dict[str, Any]
 META_FILE = "vlmlab.json"
 LENGTHS_FILE = "lengths.npz"
@@ -200,8 +202,7 @@ class ShardRecords(Sequence[Record]):
             tokens = np.array([sum(map(image_tokens, self.image_sizes(i))) for i in range(len(self))], dtype=np.int64)
         else:
             tokens = self.images.astype(np.int64) * image_tokens
-        lengths = self.words.astype(np.int64) + tokens
-        return np.where(self.images > 0, lengths, -np.maximum(self.words, 1)).tolist()
+        return lengths_from_counts(self.words, self.images, tokens)
 
 
 def read_from_shards(cfg: DictConfig) -> None:
