@@ -6,8 +6,10 @@ import copy
 
 import pytest
 import torch
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
 
-from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError
+from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, content_parts
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
 
 CHATML = (
@@ -85,3 +87,33 @@ def test_malformed_turns_are_rejected(chat_tokenizer) -> None:
         formatter.encode([{"from": "human", "value": "hi"}, {"from": "robot", "value": "x"}])
     with pytest.raises(SampleError, match="no assistant turn"):
         formatter.encode([{"from": "human", "value": "hi"}])
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "chatml"])
+def test_a_tokenizer_that_adds_bos_gets_exactly_one(chat_tokenizer, template: str) -> None:
+    """Llama-style tokenizers add BOS themselves: vlmlab adds it where the template has none (ChatML) and not
+    again where it has one (vicuna_v1 starts with it), as transformers' processors do."""
+    backend = chat_tokenizer.backend_tokenizer
+    bos = [(chat_tokenizer.bos_token, chat_tokenizer.bos_token_id)]
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=bos)
+    llama_like = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    llama_like.chat_template = CHATML if template == "chatml" else CHAT_TEMPLATES[template]
+    formatter = ChatFormatter(llama_like, "<image>", num_image_tokens=2, max_length=512)
+    for ids in (formatter.encode(CONVERSATION).input_ids, formatter.encode_prompt(CONVERSATION[:1])):
+        assert ids[0] == llama_like.bos_token_id and int((ids == llama_like.bos_token_id).sum()) == 1
+    assert formatter.encode(CONVERSATION).labels[0] == IGNORE_INDEX
+
+
+def test_a_template_of_content_parts_gets_the_placeholders_as_parts(chat_tokenizer) -> None:
+    parts_template = (
+        "{% for m in messages %}{{ m['role'] }}:{% for p in m['content'] %}"
+        "{% if p['type'] == 'image' %}[<image>]{% else %} {{ p['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+    )
+    chat_tokenizer.chat_template = parts_template
+    formatter = ChatFormatter(chat_tokenizer, "<image>", num_image_tokens=1, max_length=512)
+    assert formatter.uses_parts
+    ids = formatter.encode_prompt([{"from": "human", "value": "Compare <image>\nwith <image> please"}])
+    assert chat_tokenizer.decode(ids).strip() == "user: Compare[<image>] with[<image>] please"
+    assert content_parts("<image>\n  <image>x ", "<image>") == [{"type": "image"}] * 2 + [{"type": "text", "text": "x"}]
+    chat_tokenizer.chat_template = CHATML  # a template of strings gets the text as it is
+    assert not ChatFormatter(chat_tokenizer, "<image>", num_image_tokens=1, max_length=512).uses_parts

@@ -1,5 +1,10 @@
 """`ChatFormatter`: a conversation -> token ids and labels, through the LLM's own chat template.
 
+The ids are those a transformers processor gives for the same messages: a template written for content
+parts (the llava-hf processors' templates: `[{"type": "image"}, {"type": "text", "text": ...}]`) is given each
+message's `<image>` placeholders and text as parts, and the tokenizer's own special tokens (Llama's BOS) are
+added unless the rendered text already starts with BOS (`ProcessorMixin.apply_chat_template`, transformers 5.24).
+
 Label masking works for any template: each assistant turn's text span is found by rendering the
 conversation up to that turn with and without the answer; tokens that start inside a span are
 trained on (the answer and the template's end-of-turn tokens), every other token gets -100.
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -50,6 +56,35 @@ def to_messages(conversations: Sequence[dict]) -> list[dict[str, str]]:
     return messages
 
 
+def content_parts(text: str, image_token: str) -> list[dict[str, str]]:
+    """A message's text as chat-template content parts, images in place: `"<image>\\nWhat is it?"` ->
+    `[{"type": "image"}, {"type": "text", "text": "What is it?"}]`. The text beside an image is stripped of
+    its surrounding whitespace (the template spaces parts as its model expects); empty text is dropped."""
+    parts: list[dict[str, str]] = []
+    for k, piece in enumerate(text.split(image_token)):
+        if k:
+            parts.append({"type": "image"})
+        if piece.strip():
+            parts.append({"type": "text", "text": piece.strip()})
+    return parts
+
+
+def takes_content_parts(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's chat template renders a message's content only from a list of parts (as the
+    llava-hf templates do) rather than from a string (as LLM templates do); vLLM's `chat_template_content_format`
+    tells the two apart the same way, by what the template does with each."""
+    probe = "vlmlab-content-probe"
+
+    def renders(content: Any) -> bool:
+        try:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False)
+        except Exception:  # a template that indexes or iterates the content fails on the other form
+            return False
+        return probe in text
+
+    return not renders(probe) and renders([{"type": "text", "text": probe}])
+
+
 class ChatFormatter:
     def __init__(
         self,
@@ -63,13 +98,19 @@ class ChatFormatter:
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
+        self.uses_parts = takes_content_parts(tokenizer)
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        if self.uses_parts:
+            messages = [dict(m, content=content_parts(m["content"], self.image_token)) for m in messages]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        # The template already holds BOS where the model wants one: never add special tokens twice.
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # As transformers' processors: the tokenizer's special tokens unless the template put BOS first already
+        # (never BOS twice). Added special tokens have empty offsets, so they never fall inside an answer span.
+        bos = self.tokenizer.bos_token
+        add_special_tokens = not (bos is not None and text.startswith(bos))
+        enc = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
         return enc["input_ids"], enc["offset_mapping"]
 
     def _expand_images(

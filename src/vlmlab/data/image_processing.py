@@ -1,5 +1,6 @@
 """Reading images (`read_image`, the one place an image file is opened) and turning them into the pixel
-tensors an encoder expects (size and normalisation from the encoder; tiles for `anyres`)."""
+tensors an encoder expects (its recipe, `ImagePreprocessing`, carried out by `vlmlab.data.pixels`; tiles for
+`anyres`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from PIL import Image
-from torchvision.transforms.v2 import functional as F
+from PIL import ExifTags, Image, ImageOps
 
 from vlmlab.data.chat_format import SampleError
-from vlmlab.data.tiling import Tiling, tiling_from_options
+from vlmlab.data.pixels import pixel_ops
+from vlmlab.data.tiling import Tiling, fitted_size, tiling_from_options
 from vlmlab.models.encoders.base import ImagePreprocessing
 
 ResizeMode = Literal["resize", "letterbox", "resize_crop", "anyres"]
@@ -40,15 +41,30 @@ def _open(image: str | Path | dict[str, Any], missing_hint: str, bad_hint: str, 
         raise ImageLoadError("bad_image", f"{where} cannot be read ({err}){hint}") from err
 
 
+# EXIF orientations that turn the image a quarter: its upright height is the stored width
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The image as transformers' processors load an image file (`load_image`, `load_image_as_tensor`): turned
+    upright by its EXIF orientation, then RGB, any alpha channel dropped."""
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
 def read_image(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> Image.Image:
-    """The RGB image at a path or in an HF image dict; an `ImageLoadError` naming it otherwise."""
-    return _open(image, missing_hint, bad_hint, lambda opened: opened.convert("RGB"))
+    """The RGB image at a path or in an HF image dict (`upright_rgb`); an `ImageLoadError` naming it otherwise."""
+    return _open(image, missing_hint, bad_hint, upright_rgb)
 
 
 def image_size(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> tuple[int, int]:
-    """(height, width) of an image file or stored image, from its header (the pixels are not decoded); an
-    `ImageLoadError` as `read_image` raises otherwise."""
-    return _open(image, missing_hint, bad_hint, lambda opened: (opened.height, opened.width))
+    """(height, width) of an image file or stored image, upright as `read_image` gives it, from its header (the
+    pixels are not decoded); an `ImageLoadError` as `read_image` raises otherwise."""
+
+    def upright_size(opened: Image.Image) -> tuple[int, int]:
+        turned = opened.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS
+        return (opened.width, opened.height) if turned else (opened.height, opened.width)
+
+    return _open(image, missing_hint, bad_hint, upright_size)
 
 
 @dataclass
@@ -61,10 +77,17 @@ class ProcessedImage:
 
 
 class ImageProcessor:
-    """`resize` stretches to the encoder's size; `letterbox` pads to a square with the mean colour
-    first (LLaVA-1.5's `pad`); `resize_crop` scales the short side and centre-crops; `anyres` cuts the
-    image into encoder-sized tiles at the grid that suits it, after the whole image stretched to one tile
-    (LLaVA-NeXT, `vlmlab.data.tiling`; `tiling` gives the grids)."""
+    """Turns an image into the encoder's pixels by its recipe (`ImagePreprocessing`: interpolation, short side
+    before the crop, normalisation, and whose operations, `vlmlab.data.pixels`) in one of four layouts:
+
+    - `resize` stretches to the encoder's size (SigLIP's processor);
+    - `resize_crop` scales the short side to `shortest_edge` and centre-crops (CLIP's, DINOv2's, LLaVA-1.5's
+      llava-hf processor, timm's eval transform);
+    - `letterbox` first pads to a square with the mean colour (LLaVA-1.5's `pad`, transformers'
+      `LlavaImageProcessor(do_pad=True)`), then as `resize_crop`;
+    - `anyres` cuts the image into encoder-sized tiles at the grid that suits it, after the whole image
+      stretched to one tile, each then as `resize_crop` (LLaVA-NeXT's processor; `tiling` gives the grids).
+    """
 
     def __init__(self, preprocessing: ImagePreprocessing, mode: ResizeMode = "resize", tiling: Tiling | None = None):
         if mode not in get_args(ResizeMode):
@@ -79,6 +102,7 @@ class ImageProcessor:
         self.preprocessing = preprocessing
         self.mode = mode
         self.tiling = tiling if mode == "anyres" else None
+        self.ops = pixel_ops(preprocessing)
 
     def grid(self, size: tuple[int, int]) -> tuple[int, int, int, int]:
         """The grid row of an image of `size` (height, width), without reading its pixels."""
@@ -86,31 +110,51 @@ class ImageProcessor:
         return rows, cols, size[0], size[1]
 
     def __call__(self, image: Image.Image) -> ProcessedImage:
-        image = image.convert("RGB")
         size = (image.height, image.width)
-        if self.tiling is None:
-            return ProcessedImage(self._one_tile(image)[None], self.grid(size))
-        pixels = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
-        p = self.preprocessing
-        base = F.resize(pixels, [p.height, p.width], antialias=True)
-        tiles, (rows, cols) = self.tiling.tiles(pixels, base)
-        return ProcessedImage(F.normalize(tiles, mean=list(p.mean), std=list(p.std)), (rows, cols, *size))
-
-    def _one_tile(self, image: Image.Image) -> torch.Tensor:
+        pixels = self.ops.load(image)
+        if self.tiling is not None:
+            tiles, (rows, cols) = self._tiles(pixels)
+            return ProcessedImage(torch.stack([self._finish(tile) for tile in tiles]), (rows, cols, *size))
         p = self.preprocessing
         if self.mode == "letterbox":
-            side = max(image.size)
-            fill = tuple(int(round(255 * m)) for m in p.mean)
-            square = Image.new("RGB", (side, side), fill)
-            square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-            image = square
-        pixels = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)  # (3, h, w) in [0, 1]
-        if self.mode == "resize_crop":
-            pixels = F.resize(pixels, min(p.height, p.width), antialias=True)
-            pixels = F.center_crop(pixels, [p.height, p.width])
-        else:
-            pixels = F.resize(pixels, [p.height, p.width], antialias=True)
-        return F.normalize(pixels, mean=list(p.mean), std=list(p.std))
+            pixels = self._pad_to_square(pixels)
+        if self.mode == "resize":
+            return ProcessedImage(self.ops.finish(self.ops.resize(pixels, (p.height, p.width)))[None], self.grid(size))
+        return ProcessedImage(self._finish(pixels)[None], self.grid(size))
+
+    def _finish(self, pixels: Any) -> torch.Tensor:
+        """`resize_crop`'s steps: the short side to `shortest_edge` (the long side in proportion, rounded down),
+        a centre crop to the encoder's size, normalisation."""
+        p, ops = self.preprocessing, self.ops
+        height, width = ops.size(pixels)
+        short, long = sorted((height, width))
+        scaled = (p.short_side, int(p.short_side * long / short))
+        pixels = ops.resize(pixels, scaled if height <= width else scaled[::-1])
+        return ops.finish(ops.center_crop(pixels, (p.height, p.width)))
+
+    def _pad_to_square(self, pixels: Any) -> Any:
+        """Centred on a square of the mean colour (as 8-bit values, truncated as LLaVA and transformers do)."""
+        height, width = self.ops.size(pixels)
+        side = max(height, width)
+        left, top = (side - width) // 2, (side - height) // 2
+        fill = tuple(int(m * 255) for m in self.preprocessing.mean)
+        return self.ops.pad(pixels, [left, top, side - width - left, side - height - top], fill)
+
+    def _tiles(self, pixels: Any) -> tuple[list[Any], tuple[int, int]]:
+        """[base, tile (0, 0), tile (0, 1), ...] and the grid: the image fitted into the grid's resolution (aspect
+        kept), padded with black (centred) and cut row by row; the base is the whole image stretched to a square
+        of `shortest_edge` (LLaVA-NeXT's `_get_image_patches`)."""
+        ops, t = self.ops, self.tiling.tile
+        size = ops.size(pixels)
+        rows, cols = self.tiling.grid(size)
+        target = (rows * t, cols * t)
+        new_height, new_width = fitted_size(size, target)
+        resized = ops.resize(pixels, (new_height, new_width))
+        left, top = (target[1] - new_width) // 2, (target[0] - new_height) // 2
+        padded = ops.pad(resized, [left, top, target[1] - new_width - left, target[0] - new_height - top], 0)
+        side = self.preprocessing.short_side
+        base = ops.resize(pixels, (side, side))
+        return [base] + [ops.crop(padded, r * t, c * t, t, t) for r in range(rows) for c in range(cols)], (rows, cols)
 
     def blank(self, size: tuple[int, int] | None = None) -> ProcessedImage:
         """A blank image (the mean colour, all zeros after normalisation) for the blind baseline; tiled as

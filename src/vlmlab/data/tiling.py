@@ -14,9 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torchvision.transforms.v2 import functional as F
-
 
 def select_best_resolution(size: tuple[int, int], resolutions: Sequence[tuple[int, int]]) -> tuple[int, int]:
     """The (height, width) among `resolutions` for an image of `size` (height, width): the most effective
@@ -76,20 +73,6 @@ class Tiling:
         """(rows, cols) of tiles for an image of `size` (height, width)."""
         height, width = select_best_resolution(size, self.resolutions)
         return height // self.tile, width // self.tile
-
-    def tiles(self, pixels: torch.Tensor, base: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """[1 + rows*cols, 3, tile, tile] from `pixels` ([3, H, W] in [0, 1]) and its `base` tile, and the grid."""
-        size = (pixels.shape[-2], pixels.shape[-1])
-        rows, cols = self.grid(size)
-        target = (rows * self.tile, cols * self.tile)
-        new_height, new_width = fitted_size(size, target)
-        resized = F.resize(pixels, [new_height, new_width], antialias=True)
-        left, top = (target[1] - new_width) // 2, (target[0] - new_height) // 2
-        padded = F.pad(resized, [left, top, target[1] - new_width - left, target[0] - new_height - top], fill=0.0)
-        # [3, rows*t, cols*t] -> [rows, cols, 3, t, t], row by row
-        t = self.tile
-        grid = padded.reshape(3, rows, t, cols, t).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, t, t)
-        return torch.cat([base[None], grid]), (rows, cols)
 
 
 def tiling_from_options(anyres: Mapping[str, Any] | None, tile: int) -> Tiling:

@@ -11,6 +11,7 @@ LLaVA-NeXT's tile grids are `data.anyres.grid_pinpoints` in tiles; its `image_gr
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,15 @@ from transformers import (
 )
 from transformers.image_utils import PILImageResampling
 
+from vlmlab.data.chat_format import takes_content_parts
 from vlmlab.data.image_processing import ResizeMode
 from vlmlab.data.tiling import Tiling, tiling_from_options
 from vlmlab.interop.llava_weights import llava_to_vlmlab, vlmlab_to_llava
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.connectors.mlp import MLPConnector
 from vlmlab.models.encoders.hf_encoder import HFVisionEncoder
+from vlmlab.models.encoders.hf_preprocessing import processor_recipe
+from vlmlab.models.image_layout import tile_count
 from vlmlab.models.vlm import VisionLanguageModel
 
 VISION_MODEL_TYPES = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}
@@ -122,31 +126,38 @@ def llava_config(model: VisionLanguageModel, tiling: Tiling | None = None) -> Ll
 
 def image_processor(
     encoder: HFVisionEncoder, mode: ResizeMode, tiling: Tiling | None = None
-) -> CLIPImageProcessor | SiglipImageProcessor | LlavaNextImageProcessor:
-    """A transformers image processor preparing images as vlmlab's `ImageProcessor` does in `mode`.
-
-    Same geometry, interpolation (bilinear, antialiased) and normalisation; transformers resizes the
-    8-bit image and vlmlab the float one, so pixel values differ by rounding (about 1e-2 after
-    normalisation), not by layout.
-    """
+) -> CLIPImageProcessor | SiglipImageProcessor | LlavaImageProcessor | LlavaNextImageProcessor:
+    """The transformers image processor whose pixels are vlmlab's in `mode` (its default torchvision backend:
+    the same operations, see `vlmlab.data.pixels`): `hf_preprocessing.processor_recipe` in reverse."""
     p = encoder.preprocessing
     common = dict(
-        image_mean=list(p.mean), image_std=list(p.std), resample=PILImageResampling.BILINEAR, do_convert_rgb=True
+        image_mean=list(p.mean),
+        image_std=list(p.std),
+        resample=PILImageResampling[p.interpolation.upper()],
+        rescale_factor=p.rescale_factor,
+        do_convert_rgb=True,
     )
-    square = {"height": p.height, "width": p.width}
-    if mode == "anyres":  # the tiles are encoder-sized already: no crop; padded to one tile count per batch
+    crop = {"height": p.height, "width": p.width}
+    shortest = {"shortest_edge": p.short_side}
+    if mode == "anyres":  # padded to one tile count per batch (the model drops the padding tiles)
         pinpoints = [list(r) for r in tiling.resolutions]
         return LlavaNextImageProcessor(
-            size=square, crop_size=square, do_center_crop=False, do_pad=True, image_grid_pinpoints=pinpoints, **common
+            size=shortest, crop_size=crop, do_center_crop=True, do_pad=True, image_grid_pinpoints=pinpoints, **common
         )
     if mode == "resize_crop":
-        return CLIPImageProcessor(
-            size={"shortest_edge": min(p.height, p.width)}, crop_size=square, do_center_crop=True, **common
-        )
-    if mode == "letterbox":  # LLaVA-1.5's `pad`: pad to a square with the mean colour, then resize
-        return LlavaImageProcessor(size=square, do_pad=True, do_center_crop=False, **common)
+        return CLIPImageProcessor(size=shortest, crop_size=crop, do_center_crop=True, **common)
+    if mode == "letterbox":  # LLaVA-1.5's `pad`: pad to a square with the mean colour, then as resize_crop
+        return LlavaImageProcessor(size=shortest, crop_size=crop, do_pad=True, do_center_crop=True, **common)
     cls = SiglipImageProcessor if encoder.family == "siglip" else CLIPImageProcessor
-    return cls(size=square, do_center_crop=False, **common)
+    return cls(size=crop, do_center_crop=False, **common)
+
+
+def processor_chat_template(tokenizer: Any, image_token: str) -> str:
+    """The template an exported processor formats messages with: the model's own when it takes content parts (an
+    imported llava-hf template, kept as it was); else the model's string template behind `CONTENT_PRELUDE`."""
+    if takes_content_parts(tokenizer):
+        return tokenizer.chat_template
+    return CONTENT_PRELUDE.replace("__IMAGE__", image_token) + tokenizer.chat_template
 
 
 def export_hf_llava(
@@ -179,21 +190,12 @@ def export_hf_llava(
         tokenizer=tokenizer,
         patch_size=encoder.model.config.patch_size,
         vision_feature_select_strategy=feature_select_strategy(encoder),
-        chat_template=CONTENT_PRELUDE.replace("__IMAGE__", model.llm.image_token) + tokenizer.chat_template,
+        chat_template=processor_chat_template(tokenizer, model.llm.image_token),
         image_token=model.llm.image_token,
         num_additional_image_tokens=1 if encoder.family == "clip" else 0,
     )
     processor.save_pretrained(str(folder))
     return folder
-
-
-def resize_mode(processor: Any) -> ResizeMode:
-    """vlmlab's resize mode for a LLaVA folder's image processor (CLIP's own processors centre-crop)."""
-    if getattr(processor, "image_grid_pinpoints", None):
-        return "anyres"
-    if getattr(processor, "do_pad", False):
-        return "letterbox"
-    return "resize_crop" if getattr(processor, "do_center_crop", False) else "resize"
 
 
 def _config_fields(config: Any) -> dict[str, Any]:
@@ -239,8 +241,8 @@ def llava_model_config(
 
     The config builds the architecture with random weights (`pretrained: null`, `from_config`); the
     weights come from a vlmlab weights file (`init_from=`, `checkpoint=`). The tokenizer is the folder's.
-    vlmlab resizes with bilinear interpolation, LLaVA-NeXT's processor with bicubic: pixel values of the
-    same image differ slightly (the tiles and token counts do not).
+    The encoder's preprocessing and the layout are its image processor's (`processor_recipe`), so vlmlab's
+    pixels are the processor's; the chat template is its processor's.
     """
     folder = Path(folder)
     config = AutoConfig.from_pretrained(str(folder))
@@ -260,6 +262,7 @@ def llava_model_config(
     processor = AutoProcessor.from_pretrained(str(folder))
     images, tokenizer = processor.image_processor, processor.tokenizer
     template = chat_template or processor.chat_template or tokenizer.chat_template
+    recipe, layout = processor_recipe(images, str(folder))
     if template is None:
         raise ValueError(
             f"{folder}: neither its processor nor its tokenizer has a chat template; give one with "
@@ -274,9 +277,11 @@ def llava_model_config(
             "config": _config_fields(config.vision_config),
             "feature_layer": config.vision_feature_layer,
             "feature_select": config.vision_feature_select_strategy,
-            "image_size": None,
-            "image_mean": list(images.image_mean),
-            "image_std": list(images.image_std),
+            "image_size": recipe["height"],
+            "image_mean": list(recipe["mean"]),
+            "image_std": list(recipe["std"]),
+            "interpolation": recipe["interpolation"],
+            "shortest_edge": recipe["shortest_edge"] if "shortest_edge" in recipe else None,
         },
         "connector": {"_target_": "vlmlab.models.connectors.MLPConnector", "depth": 2},
         "llm": {
@@ -288,7 +293,7 @@ def llava_model_config(
             "image_token": processor.image_token,
         },
     }
-    return model_cfg, resize_mode(images), anyres_options(config) if is_next else None
+    return model_cfg, layout, anyres_options(config) if is_next else None
 
 
 def vlm_from_hf_llava(
@@ -302,6 +307,9 @@ def vlm_from_hf_llava(
     """
     model_cfg, mode, anyres = llava_model_config(folder, chat_template)
     model = build_vlm(OmegaConf.create(model_cfg))
+    # The processor's template is the one transformers formats messages with, even where the folder's tokenizer
+    # has another of its own; set on the tokenizer, it is saved with it.
+    model.llm.tokenizer.chat_template = model_cfg["llm"]["chat_template"]
     model_class = LlavaNextForConditionalGeneration if anyres is not None else LlavaForConditionalGeneration
     llava = model_class.from_pretrained(str(folder), dtype=torch.float32)
     weights = llava_to_vlmlab(llava.state_dict())
@@ -313,6 +321,31 @@ def vlm_from_hf_llava(
     model.load_state_dict(weights, strict=True)
     del llava
     return model.eval(), model_cfg, mode, anyres
+
+
+def batch_from_processor(inputs: Mapping[str, Any], anyres: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A transformers LLaVA or LLaVA-NeXT processor's output as the batch a vlmlab model takes, to compare the two
+    on the same inputs: `model(**batch).logits`, `model.generate(**batch, max_new_tokens=...)`.
+
+    `inputs`: `processor(images=..., text=..., return_tensors="pt")` or `processor.apply_chat_template(...,
+    tokenize=True, return_dict=True, return_tensors="pt")`. `anyres`: the model's tile grids (`LoadedModel.anyres`)
+    for LLaVA-NeXT, whose processor pads every image to one tile count: the padding tiles are dropped and each
+    image gets its grid row (`image_grids`). The token ids are used as they are (the processor has expanded each
+    `<image>` to its count, as vlmlab does).
+    """
+    batch: dict[str, Any] = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    pixels = inputs.get("pixel_values")
+    batch["pixel_values"] = pixels
+    if pixels is None or pixels.dim() == 4:  # none, or one tile per image
+        return batch
+    if anyres is None:
+        raise ValueError("tiled pixel values (LLaVA-NeXT): pass the model's tile grids, anyres=<LoadedModel.anyres>")
+    tiling = tiling_from_options(anyres, int(pixels.shape[-1]))
+    grids = torch.tensor([(*tiling.grid(tuple(size)), *size) for size in inputs["image_sizes"].tolist()])
+    counts = [tile_count(grid) for grid in grids.tolist()]
+    batch["pixel_values"] = torch.cat([tiles[:n] for tiles, n in zip(pixels, counts)])
+    batch["image_grids"] = grids
+    return batch
 
 
 def is_hf_llava_folder(path: Path) -> bool:

@@ -19,14 +19,51 @@ def feature_layers(feature_layer: int | Sequence[int]) -> list[int]:
     return layers
 
 
+INTERPOLATIONS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+BACKENDS = ("transformers", "timm")
+
+
 @dataclass(frozen=True)
 class ImagePreprocessing:
-    """What an encoder expects of its input: square-or-not size in pixels and per-channel normalisation."""
+    """An encoder's input recipe: what its checkpoint's own processor does to an image (`vlmlab.data.pixels`
+    carries it out).
+
+    Args:
+        height, width: the encoder's input size in pixels (after any centre crop).
+        mean, std: per-channel normalisation of the pixel values times `rescale_factor`.
+        interpolation: the filter of every resize (`INTERPOLATIONS`); vlmlab's random-weight presets use
+            `bilinear`, CLIP, SigLIP, DINOv2 and the LLaVA processors `bicubic`.
+        shortest_edge: the short side an image is scaled to before a centre crop to `height` x `width`
+            (transformers' `size.shortest_edge`, 256 for DINOv2's 224 px crop; timm's input size / crop_pct);
+            None: min(height, width), a crop that only trims the long side.
+        backend: whose preprocessing is reproduced: `transformers` (its default, torchvision image processors:
+            the uint8 image resized by torchvision) or `timm` (its eval transform: the PIL image resized by PIL).
+        rescale_factor: pixel values (0-255) are multiplied by it before normalisation.
+    """
 
     height: int
     width: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    shortest_edge: int | None = None
+    backend: str = "transformers"
+    rescale_factor: float = 1 / 255
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation '{self.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"preprocessing backend '{self.backend}' is not one of {', '.join(BACKENDS)}")
+        if self.shortest_edge is not None and self.shortest_edge < min(self.height, self.width):
+            raise ValueError(
+                f"shortest_edge={self.shortest_edge} is smaller than the {self.height}x{self.width} crop it is cut to"
+            )
+
+    @property
+    def short_side(self) -> int:
+        """The short side before the centre crop (`shortest_edge`, or the crop's own)."""
+        return self.shortest_edge or min(self.height, self.width)
 
 
 class VisionEncoder(nn.Module):

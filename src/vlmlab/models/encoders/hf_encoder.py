@@ -20,6 +20,7 @@ from transformers import (
 
 from vlmlab.models.blocks import repeated_block_classes
 from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder, feature_layers
+from vlmlab.models.encoders.hf_preprocessing import checkpoint_recipe
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -55,7 +56,14 @@ class HFVisionEncoder(VisionEncoder):
         feature_select: `default` drops the CLS token, `full` keeps it (LLaVA's
             `vision_feature_select_strategy`); SigLIP has no CLS so both are the same.
         image_size: input size override; DINOv2 interpolates its position embeddings.
-        image_mean, image_std: normalisation overrides; the family's own values otherwise.
+        image_mean, image_std: normalisation overrides.
+        interpolation, shortest_edge: resize overrides (see `ImagePreprocessing`).
+
+    Preprocessing is the checkpoint's own: a `pretrained` hub id or folder that holds an image processor
+    (preprocessor_config.json) gives its size, crop, interpolation, mean and std (`native_layout` is the layout
+    its processor uses, e.g. `resize_crop` for CLIP); with `image_size` the short side before the crop scales
+    with it. Without one (random weights, a bare tower): the config's size, bilinear, the family's mean and std.
+    The arguments above override either.
     """
 
     def __init__(
@@ -68,6 +76,8 @@ class HFVisionEncoder(VisionEncoder):
         image_size: int | None = None,
         image_mean: tuple[float, float, float] | None = None,
         image_std: tuple[float, float, float] | None = None,
+        interpolation: str | None = None,
+        shortest_edge: int | None = None,
     ) -> None:
         super().__init__()
         if family not in FAMILIES:
@@ -82,16 +92,30 @@ class HFVisionEncoder(VisionEncoder):
         self.family = family
         self.feature_layers = feature_layers(feature_layer)
         self.num_dropped_tokens = spec.num_prefix_tokens if feature_select == "default" else 0
-        size = image_size or self.model.config.image_size
+        own = checkpoint_recipe(pretrained) if pretrained is not None else None
+        recipe, self.native_layout = own if own is not None else ({"mean": spec.mean, "std": spec.std}, None)
+        if image_size is not None:
+            if recipe.get("shortest_edge"):  # the crop's margin kept in proportion (timm's crop_pct)
+                recipe["shortest_edge"] = image_size * recipe["shortest_edge"] // recipe["height"]
+            recipe.update(height=image_size, width=image_size)
+        recipe.setdefault("height", self.model.config.image_size)
+        recipe.setdefault("width", self.model.config.image_size)
+        overrides = {
+            "mean": image_mean,
+            "std": image_std,
+            "interpolation": interpolation,
+            "shortest_edge": shortest_edge,
+        }
+        recipe.update({k: v for k, v in overrides.items() if v is not None})
         self.preprocessing = ImagePreprocessing(
-            height=size,
-            width=size,
-            mean=tuple(image_mean or spec.mean),
-            std=tuple(image_std or spec.std),
+            **{**recipe, "mean": tuple(recipe["mean"]), "std": tuple(recipe["std"])}
         )
+        size = (self.preprocessing.height, self.preprocessing.width)
         # DINOv2 always interpolates its position embeddings; CLIP and SigLIP only when asked.
         self._forward_kwargs = (
-            {"interpolate_pos_encoding": True} if family != "dinov2" and size != self.model.config.image_size else {}
+            {"interpolate_pos_encoding": True}
+            if family != "dinov2" and size != (self.model.config.image_size,) * 2
+            else {}
         )
         self._probe_shapes()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,12 @@ class TimmVisionEncoder(VisionEncoder):
         keep_prefix_tokens: keep CLS/register tokens in front of the patch tokens.
         image_size: input size override (timm resizes position embeddings).
         model_kwargs: extra constructor arguments (depth, embed_dim, patch_size, ... for tiny models).
+        interpolation, crop_pct: preprocessing overrides (`resize_crop` scales the short side to the input size
+            / crop_pct before the centre crop).
+
+    Preprocessing is timm's eval transform for pretrained weights (the pretrained config's interpolation,
+    crop_pct, mean and std, reproduced exactly for `data.image_resize=resize_crop`, its `center` crop mode); for
+    random weights: bilinear, the config's mean and std (no checkpoint defines one).
     """
 
     def __init__(
@@ -35,6 +42,8 @@ class TimmVisionEncoder(VisionEncoder):
         keep_prefix_tokens: bool = False,
         image_size: int | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        interpolation: str | None = None,
+        crop_pct: float | None = None,
     ) -> None:
         super().__init__()
         kwargs = dict(model_kwargs or {})
@@ -66,8 +75,8 @@ class TimmVisionEncoder(VisionEncoder):
         patch_embed_size = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
         if patch_embed_size is not None:
             height, width = patch_embed_size
-        self.preprocessing = ImagePreprocessing(
-            height=height, width=width, mean=tuple(data_config["mean"]), std=tuple(data_config["std"])
+        self.preprocessing = timm_preprocessing(
+            model_name, data_config, (height, width), pretrained, interpolation, crop_pct
         )
         try:
             self._probe_shapes()
@@ -101,3 +110,29 @@ class TimmVisionEncoder(VisionEncoder):
         if blocks is None:
             return set()
         return {type(block) for block in blocks}
+
+
+def timm_preprocessing(
+    model_name: str,
+    data_config: dict[str, Any],
+    size: tuple[int, int],
+    pretrained: bool,
+    interpolation: str | None,
+    crop_pct: float | None,
+) -> ImagePreprocessing:
+    """The recipe of timm's eval transform (`transforms_imagenet_eval`: the short side to size / crop_pct, then a
+    centre crop) for pretrained weights; vlmlab's default (bilinear, no margin) for random ones."""
+    mean, std = tuple(data_config["mean"]), tuple(data_config["std"])
+    if not pretrained:
+        pct = crop_pct or 1.0
+        return ImagePreprocessing(*size, mean, std, interpolation or "bilinear", math.floor(min(size) / pct))
+    mode = data_config.get("crop_mode") or "center"
+    if mode != "center" and crop_pct is None:
+        raise ValueError(
+            f"timm model '{model_name}' is evaluated with crop_mode='{mode}', which vlmlab does not reproduce (it "
+            "reproduces 'center'); set model.encoder.crop_pct to use a centre crop"
+        )
+    pct = crop_pct or data_config["crop_pct"]
+    return ImagePreprocessing(
+        *size, mean, std, interpolation or data_config["interpolation"], math.floor(min(size) / pct), "timm"
+    )
