@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.config import validate_model_config
 from vlmlab.inference.loading import LoadedModel, load_model
+from vlmlab.models.trust import searchpath_targets
 
 
 def model_choices_given() -> bool:
@@ -28,6 +29,12 @@ def mlflow_uri(cfg: DictConfig) -> str | None:
     return cfg.get("mlflow_uri") or OmegaConf.select(cfg, "paths.mlflow_uri", default=None)
 
 
+def trusted_targets(cfg: DictConfig) -> list[str]:
+    """What the command line vouches for: `trusted_targets` and the `_target_`s of the configs in the folders its
+    `hydra.searchpath` names (the user's own plug-ins)."""
+    return [*(cfg.get("trusted_targets") or []), *searchpath_targets(HydraConfig.get().searchpath)]
+
+
 def load_from_command_line(cfg: DictConfig) -> LoadedModel:
     """The model `cfg.checkpoint` names (a folder, a file or a models:/ URI), built from its own saved config or
     the command's model/* groups."""
@@ -41,6 +48,7 @@ def load_from_command_line(cfg: DictConfig) -> LoadedModel:
         model_choices_given=model_choices_given(),
         chat_template=cfg.get("chat_template"),
         tracking_uri=mlflow_uri(cfg),
+        trusted_targets=trusted_targets(cfg),
     )
     loaded.model.to(device(cfg.device))
     return loaded

@@ -9,6 +9,7 @@ model folder (written by `vlmlab-export format=vlmlab` and `vlmlab-import`) carr
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from vlmlab.data.image_processing import ResizeMode
 from vlmlab.interop.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
 from vlmlab.models.builder import build_vlm
+from vlmlab.models.trust import check_targets
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import (
     MODEL_CONFIG_FILE,
@@ -78,6 +80,7 @@ def load_model(
     model_choices_given: bool = False,
     chat_template: str | None = None,
     tracking_uri: str | None = None,
+    trusted_targets: Sequence[str] = (),
 ) -> LoadedModel:
     """Build the model `checkpoint` was trained as and load its weights.
 
@@ -87,12 +90,15 @@ def load_model(
     `chat_template` is for a Hugging Face LLaVA folder whose processor and tokenizer have none (a vlmlab
     checkpoint keeps the template it trained with). A `models:/` URI is looked up in the MLflow store
     `tracking_uri` (None: MLflow's default, $MLFLOW_TRACKING_URI or sqlite:///mlflow.db) and loaded from a
-    temporary download.
+    temporary download. A model config read from the checkpoint builds only vlmlab's components and
+    `trusted_targets` (`vlmlab.models.trust`): anything else is refused before it is imported.
     """
     if is_model_uri(checkpoint):
         with tempfile.TemporaryDirectory() as folder:
             local = download_model(str(checkpoint), tracking_uri, Path(folder))
-            loaded = load_model(local, model_cfg, model_source, image_resize, model_choices_given, chat_template)
+            loaded = load_model(
+                local, model_cfg, model_source, image_resize, model_choices_given, chat_template, None, trusted_targets
+            )
         loaded.source, loaded.path = f"{checkpoint} ({MODEL_CONFIG_FILE})", Path(str(checkpoint))
         return loaded
     if model_source not in MODEL_SOURCES:
@@ -115,6 +121,8 @@ def load_model(
             f"{described[2]} already says which model {checkpoint} is, so the model/* choices on the command line "
             "would not apply: drop them, or add model_source=groups to build the model from them"
         )
+    if described is not None:
+        check_targets(described[0], described[2], trusted_targets)
     if described is None and model_cfg is None:
         raise ValueError(f"{checkpoint} holds no model config ({MODEL_CONFIG_FILE} or a run's .hydra/config.yaml)")
     cfg = OmegaConf.create(OmegaConf.to_container(described[0] if described else model_cfg, resolve=True))

@@ -10,15 +10,15 @@ into one state dict here, in a single process. A vlmlab model folder is `model.s
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_model, save_model
 from torch import nn
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from vlmlab.models.sharded_checkpoint import read_sharded_checkpoint
 
 WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model.yaml"  # a vlmlab model folder's description: {model: ..., image_resize: ..., anyres: ...}
@@ -58,14 +58,13 @@ def _listed(names: list[str]) -> str:
 
 
 def lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The model weights of a Lightning checkpoint (file or sharded folder), named as in the model."""
+    """The model weights of a Lightning checkpoint (file or sharded folder), named as in the model; neither is
+    unpickled beyond plain data (`weights_only`, `vlmlab.models.sharded_checkpoint`)."""
     if is_sharded_checkpoint(path):
-        with tempfile.TemporaryDirectory() as folder:
-            dcp_to_torch_save(path, Path(folder) / "checkpoint.pt")
-            checkpoint = torch.load(Path(folder) / "checkpoint.pt", weights_only=True, map_location="cpu")
+        weights = read_sharded_checkpoint(path, "state_dict")
     else:
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu")
-    return {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+        weights = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+    return {k.removeprefix("model."): v for k, v in weights.items()}
 
 
 def load_weights(model: nn.Module, checkpoint: str | Path) -> Path:

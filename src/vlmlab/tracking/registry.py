@@ -180,4 +180,7 @@ def download_model(uri: str, tracking_uri: str | None, folder: Path) -> Path:
     flavor = Model.load(str(local)).flavors.get("python_function", {})
     if flavor.get("loader_module") != LOADER_MODULE or not flavor.get("data"):
         raise ValueError(f"{uri} is not a model logged by vlmlab (its MLmodel has no {LOADER_MODULE} data)")
-    return local / flavor["data"]
+    data = (local / flavor["data"]).resolve()
+    if not data.is_relative_to(local.resolve()):
+        raise ValueError(f"{uri}: its MLmodel points at {flavor['data']!r}, outside the model it was downloaded with")
+    return data

@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
+from vlmlab.models.sharded_checkpoint import check_sharded_checkpoint
 from vlmlab.models.vlm import VisionLanguageModel
-from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, load_weights, save_weights
+from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, is_sharded_checkpoint, load_weights, save_weights
 from vlmlab.training.distributed import build_strategy, is_sharded
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.objectives import build_objective
@@ -126,6 +127,8 @@ def run_stage(
     )
     last = stage_dir / "checkpoints" / "last.ckpt"
     resume_from = str(last) if record.get("status") == "running" and last.exists() else None
+    if resume_from and is_sharded_checkpoint(last):
+        check_sharded_checkpoint(last)  # before torch's reader unpickles it
     resuming = f", resuming {last}" if resume_from else ""
     log.info("stage '%s': train %s on %s%s", spec.name, spec.train, datamodule.mixture, resuming)
     logger = None

@@ -1,0 +1,43 @@
+"""A vlmlab command run in this process through its console-script entry point (`main()`, what the installed
+`vlmlab-*` script calls): the real CLI (Hydra's composition, the checks, the one-line errors and exit codes)
+without a new interpreter importing torch, Lightning, transformers and MLflow again (~8 s a command)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+
+def run_main(
+    main: Callable[[], object],
+    command: str,
+    args: list[str],
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> tuple[int, str]:
+    """(exit code, stderr) of `command args...` run from `cwd`."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [command, *args])
+    GlobalHydra.instance().clear()
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err
+
+
+def one_line(stderr: str, command: str) -> str:
+    """The command's own error line (exactly one, no traceback)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith(f"{command}: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
