@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
-from vlmlab.data.image_processing import ImageProcessor, ProcessedImage, image_size, read_image
+from vlmlab.data.image_processing import ANY_FOLDER, ImagePolicy, ImageProcessor, ProcessedImage, image_size, read_image
 from vlmlab.models.image_layout import ImageTokenLayout
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ class ConversationDataset(Dataset):
     With `features` (a frozen encoder's `FeatureStore`), samples carry the stored `image_features` instead
     of `pixel_values`: no image is read. `origin` (the file the records come from) is named in errors.
     `image_layout` (the model's) gives each image's token count from its grid (tiled images differ);
-    without it every image takes the formatter's `num_image_tokens`.
+    without it every image takes the formatter's `num_image_tokens`. `image_policy`: the folder images must lie
+    in and their pixel cap (an image outside or above it is a bad record).
     Samples carry `pixel_values` (every tile of every image, in order) and `image_grids` (one row per image).
     """
 
@@ -59,8 +60,10 @@ class ConversationDataset(Dataset):
         features: FeatureStore | None = None,
         origin: str | None = None,
         image_layout: ImageTokenLayout | None = None,
+        image_policy: ImagePolicy = ANY_FOLDER,
     ) -> None:
         self.records = records
+        self.image_policy = image_policy
         self.image_layout = image_layout
         self.origin = origin
         self.formatter = formatter
@@ -89,14 +92,16 @@ class ConversationDataset(Dataset):
             features,
             self.origin,
             self.image_layout,
+            self.image_policy,
         )
 
     def load_image(self, image: str | dict[str, Any]) -> ProcessedImage:
         """One of a record's images as the model takes it (blank for the blind baseline)."""
         if self.blank_images:  # tiled: as many tokens as the image would take, so its size is read
             tiled = self.image_processor.tiling is not None
-            return self.image_processor.blank(image_size(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT) if tiled else None)
-        return self.image_processor(read_image(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT))
+            size = image_size(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT, self.image_policy) if tiled else None
+            return self.image_processor.blank(size)
+        return self.image_processor(read_image(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT, self.image_policy))
 
     def image_tokens(self, grids: torch.Tensor | None) -> list[int] | None:
         """Each image's token count, when the layout is known."""

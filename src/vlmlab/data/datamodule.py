@@ -19,8 +19,14 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from vlmlab.data.chat_format import ChatFormatter, SampleError
 from vlmlab.data.conversation_dataset import BadRecordPolicy, ConversationDataset, collate
 from vlmlab.data.feature_cache import feature_store
-from vlmlab.data.formats import HFRecords, Record, read_split, split_origin
-from vlmlab.data.image_processing import ImageProcessor, image_processor_for, image_size
+from vlmlab.data.formats import HFRecords, Record, read_split, split_image_root, split_origin
+from vlmlab.data.image_processing import (
+    DEFAULT_MAX_PIXELS,
+    ImagePolicy,
+    ImageProcessor,
+    image_processor_for,
+    image_size,
+)
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.record_store import RecordStore
 from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler, estimate_length
@@ -101,8 +107,12 @@ class VLMDataModule(L.LightningDataModule):
         encoder: VisionEncoder | None = None,
         image_layout: ImageTokenLayout | None = None,
         streaming: dict[str, Any] | None = None,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        allow_outside_images: bool = False,
     ) -> None:
         super().__init__()
+        self.max_image_pixels = max_image_pixels
+        self.allow_outside_images = allow_outside_images
         self.streaming = streaming or {}
         self.image_layout = image_layout
         self.sources = sources
@@ -177,6 +187,8 @@ class VLMDataModule(L.LightningDataModule):
             encoder=model.encoder if encoder_frozen else None,
             image_layout=model.image_layout,
             streaming=OmegaConf.to_container(data_cfg.streaming, resolve=True) if "streaming" in data_cfg else None,
+            max_image_pixels=data_cfg.get("max_image_pixels", DEFAULT_MAX_PIXELS),
+            allow_outside_images=data_cfg.get("allow_outside_images", False),
         )
 
     def prepare_data(self) -> None:
@@ -184,6 +196,12 @@ class VLMDataModule(L.LightningDataModule):
             if self.root is None:
                 raise ValueError("data.synthetic is set but data.root is not: say where to write the synthetic data")
             write_synthetic_dataset(self.root, SynthConfig(**self.synthetic))
+
+    def image_policy(self, source: str, split: str) -> ImagePolicy:
+        """What a split's records may read: images inside its image folder (unless allowed anywhere), of at most
+        `max_image_pixels` pixels."""
+        root = None if self.allow_outside_images else split_image_root(source, self.sources[source], split)
+        return ImagePolicy(self.max_image_pixels, root)
 
     def records(self, source: str, split: str) -> Sequence[Record]:
         """A split's records, read once per data module."""
@@ -206,6 +224,7 @@ class VLMDataModule(L.LightningDataModule):
             on_bad_record=self.on_bad_record,
             origin=split_origin(source, self.sources[source], split),
             image_layout=self.image_layout,
+            image_policy=self.image_policy(source, split),
         )
         if cached:
             trainer = self.trainer
@@ -259,12 +278,14 @@ class VLMDataModule(L.LightningDataModule):
             if isinstance(records, HFRecords):
                 records = records.text_records()
             return [estimate_length(r, self.formatter.num_image_tokens) for r in records]
-        return [estimate_length(r, self.tiled_image_tokens) for r in records]
+        count = partial(self.tiled_image_tokens, policy=self.image_policy(source, split))
+        return [estimate_length(r, count) for r in records]
 
-    def tiled_image_tokens(self, image: Any) -> int:
-        """Tokens of one (tiled) image; an unreadable image counts as untiled (its record is skipped later)."""
+    def tiled_image_tokens(self, image: Any, policy: ImagePolicy) -> int:
+        """Tokens of one (tiled) image; an unreadable image (or one `policy` refuses) counts as untiled (its record
+        is skipped later)."""
         try:
-            size = image_size(image)
+            size = image_size(image, policy=policy)
         except (SampleError, OSError):
             return self.image_layout.count((0, 0, 0, 0))
         return self._tiled_count_of_size(size)

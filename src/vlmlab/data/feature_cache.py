@@ -65,7 +65,7 @@ def planned_grids(dataset: ConversationDataset, record: Any) -> list[tuple[int, 
     images = record_images(record) if isinstance(record, dict) else []
     if processor.tiling is None:
         return [(0, 0, 0, 0)] * len(images)
-    return [processor.grid(image_size(image)) for image in images]
+    return [processor.grid(image_size(image, policy=dataset.image_policy)) for image in images]
 
 
 class _RecordImages(Dataset):

@@ -310,6 +310,16 @@ def split_origin(source_name: str, source: dict[str, Any], split: str) -> str | 
     return str(spec[next(iter(SPLIT_KEYS[source.get("format", "llava")]))])
 
 
+def split_image_root(source_name: str, source: dict[str, Any], split: str) -> str | None:
+    """The folder a split's image files must lie in: its `images` (a LLaVA file's folder when it names none);
+    None for formats that store their images inside (HF tables, shards)."""
+    spec = split_spec(source_name, source, split)
+    fmt = source.get("format", "llava")
+    if spec is None or fmt in ("hf", "streaming"):
+        return None
+    return str(spec.get("images") or Path(spec["file"]).parent) if fmt == "llava" else str(spec["images"])
+
+
 def missing_paths(source_name: str, source: dict[str, Any], split: str) -> list[str]:
     """The split's files and image folders that do not exist, each as `<source>.<split>.<key>=<path>`:
     found before anything is built (the readers would find them only when the data loads)."""

@@ -5,6 +5,7 @@ tensors an encoder expects (its recipe, `ImagePreprocessing`, carried out by `vl
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,24 +22,66 @@ from vlmlab.models.encoders.base import ImagePreprocessing
 ResizeMode = Literal["resize", "letterbox", "resize_crop", "anyres"]
 
 
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: larger images are bad records (data.max_image_pixels)
+
+
 class ImageLoadError(SampleError):
-    """An image that does not exist (`reason` missing_image) or cannot be decoded (bad_image)."""
+    """An image that does not exist (`reason` missing_image), cannot be decoded (bad_image), has more pixels than
+    allowed (too_large), or lies outside its source's image folder (outside_root)."""
 
 
-def _open(image: str | Path | dict[str, Any], missing_hint: str, bad_hint: str, read: Any) -> Any:
+@dataclass(frozen=True)
+class ImagePolicy:
+    """What may be read: images of at most `max_pixels` pixels, from inside `root` (symbolic links resolved;
+    None: anywhere). Both are checked before a pixel is decoded."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    root: str | None = None
+
+
+ANY_FOLDER = ImagePolicy()  # the default cap, from any folder (images the user names on the command line)
+
+
+def _inside(path: Path, root: str, where: str) -> None:
+    resolved, folder = path.resolve(), Path(root).resolve()
+    if not resolved.is_relative_to(folder):
+        raise ImageLoadError(
+            "outside_root",
+            f"{where} resolves to {resolved}, outside its source's image folder {folder}; move it there, or set "
+            "data.allow_outside_images=true if the data's author meant it",
+        )
+
+
+def _open(image: str | Path | dict[str, Any], missing_hint: str, bad_hint: str, read: Any, policy: ImagePolicy) -> Any:
     """`read(opened)` of the image at a path, or stored in a Hugging Face `datasets` image dict ({"bytes",
-    "path"}); an `ImageLoadError` naming it (and ending with the hint, if given) otherwise."""
+    "path"}), within `policy`; an `ImageLoadError` naming it (and ending with the hint, if given) otherwise."""
     stored = isinstance(image, dict)
     where = f"the image stored for {image.get('path') or 'this row'}" if stored else f"image {image}"
     if not stored and not Path(image).is_file():
         hint = f"; {missing_hint}" if missing_hint else ""
         raise ImageLoadError("missing_image", f"{where} does not exist{hint}")
+    if not stored and policy.root is not None:
+        _inside(Path(image), policy.root, where)
     try:
-        with Image.open(io.BytesIO(image["bytes"]) if stored else image) as opened:
+        with warnings.catch_warnings():  # Pillow warns above 89M pixels; the cap below is the policy
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(image["bytes"]) if stored else image)
+        with opened:
+            pixels = opened.width * opened.height
+            if pixels > policy.max_pixels:
+                raise ImageLoadError(
+                    "too_large",
+                    f"{where} is {opened.width}x{opened.height} = {pixels:,} pixels, more than "
+                    f"data.max_image_pixels={policy.max_pixels:,}; shrink it, or raise the limit",
+                )
             return read(opened)
-    except (OSError, ValueError, TypeError) as err:
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as err:  # Pillow's own refusal, above twice its MAX_IMAGE_PIXELS
+        raise ImageLoadError("too_large", f"{where} is more than Pillow decodes ({err})") from err
+    except Exception as err:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...)
         hint = f"; {bad_hint}" if bad_hint else ""
-        raise ImageLoadError("bad_image", f"{where} cannot be read ({err}){hint}") from err
+        raise ImageLoadError("bad_image", f"{where} cannot be read ({type(err).__name__}: {err}){hint}") from err
 
 
 # EXIF orientations that turn the image a quarter: its upright height is the stored width
@@ -51,12 +94,16 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image).convert("RGB")
 
 
-def read_image(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> Image.Image:
+def read_image(
+    image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "", policy: ImagePolicy = ANY_FOLDER
+) -> Image.Image:
     """The RGB image at a path or in an HF image dict (`upright_rgb`); an `ImageLoadError` naming it otherwise."""
-    return _open(image, missing_hint, bad_hint, upright_rgb)
+    return _open(image, missing_hint, bad_hint, upright_rgb, policy)
 
 
-def image_size(image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "") -> tuple[int, int]:
+def image_size(
+    image: str | Path | dict[str, Any], missing_hint: str = "", bad_hint: str = "", policy: ImagePolicy = ANY_FOLDER
+) -> tuple[int, int]:
     """(height, width) of an image file or stored image, upright as `read_image` gives it, from its header (the
     pixels are not decoded); an `ImageLoadError` as `read_image` raises otherwise."""
 
@@ -64,7 +111,7 @@ def image_size(image: str | Path | dict[str, Any], missing_hint: str = "", bad_h
         turned = opened.getexif().get(ExifTags.Base.Orientation) in QUARTER_TURNS
         return (opened.width, opened.height) if turned else (opened.height, opened.width)
 
-    return _open(image, missing_hint, bad_hint, upright_size)
+    return _open(image, missing_hint, bad_hint, upright_size, policy)
 
 
 @dataclass

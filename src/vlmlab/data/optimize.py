@@ -108,11 +108,12 @@ def optimize_split(
             "`vlmlab-data check` lists them"
         )
     words, images, sizes = [], [], []
+    policy = datamodule.image_policy(source, split)
     for index in report.kept:
         record = records[index]
         words.append(record_words(record))
         images.append(record_image_count(record))
-        sizes += [image_size(image) for image in record_images(record)]
+        sizes += [image_size(image, policy=policy) for image in record_images(record)]
     remove_meta(folder)
     optimize(
         fn=partial(_item, records=records),

@@ -62,6 +62,8 @@ class DataSchema:
     synthetic: SynthSchema | None = None
     on_bad_record: str = "skip"
     max_length: int = 2048
+    max_image_pixels: int = 64_000_000
+    allow_outside_images: bool = False
     image_resize: str = "letterbox"
     anyres: AnyresSchema = field(default_factory=AnyresSchema)
     group_by_length: bool = True
