@@ -4,6 +4,7 @@ without a new interpreter importing torch, Lightning, transformers and MLflow ag
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +19,17 @@ def run_main(
     args: list[str],
     cwd: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
+    capsys: pytest.CaptureFixture | None = None,
 ) -> tuple[int, str]:
-    """(exit code, stderr) of `command args...` run from `cwd`."""
+    """(exit code, stderr) of `command args...` run from `cwd` (stderr only with `capsys`). The logging handlers
+    Hydra installs for the command (writing to this test's captured streams) are removed afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     monkeypatch.chdir(cwd)
     monkeypatch.setattr(sys, "argv", [command, *args])
     GlobalHydra.instance().clear()
-    capsys.readouterr()
+    if capsys is not None:
+        capsys.readouterr()
     try:
         main()
         code = 0
@@ -32,7 +37,12 @@ def run_main(
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         GlobalHydra.instance().clear()
-    return code, capsys.readouterr().err
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
+    return code, capsys.readouterr().err if capsys is not None else ""
 
 
 def one_line(stderr: str, command: str) -> str:

@@ -8,13 +8,15 @@ import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.cli.entry import hydra_command
 from vlmlab.errors import UsageError
 from vlmlab.preflight import check_before_training
 from vlmlab.training.curriculum import run_curriculum
-from vlmlab.training.run_record import find_run_to_resume
+from vlmlab.training.distributed import global_rank
+from vlmlab.training.run_lock import lock_run_folder
+from vlmlab.training.run_record import STATE_FILE, find_run_to_resume
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +56,31 @@ def resume_command(run_dir: Path) -> str:
     return shlex.join(["vlmlab-train", *overrides, f"resume={run_dir}"])
 
 
+def claim_run_folder(run_dir: Path, composed: str, resuming: bool) -> None:
+    """Lock the run folder (`vlmlab.training.run_lock`); a new run also refuses a folder that holds a run already,
+    and writes its config (`.hydra/`, as Hydra would have) once the folder is its own."""
+    lock_run_folder(run_dir)
+    if resuming:
+        return
+    if (run_dir / STATE_FILE).is_file():
+        raise UsageError(
+            f"{run_dir} already holds a run (its {STATE_FILE}): resume it with resume={run_dir}, or give this run "
+            "another folder (hydra.run.dir=...)"
+        )
+    saved = run_dir / ".hydra"
+    saved.mkdir(exist_ok=True)
+    (saved / "config.yaml").write_text(composed)
+    (saved / "overrides.yaml").write_text(OmegaConf.to_yaml(list(HydraConfig.get().overrides.task)))
+
+
 def train(cfg: DictConfig) -> float | None:
     """Everything `vlmlab-train` does after Hydra composed `cfg`; returns `cfg.optimized_metric`'s value."""
+    composed = OmegaConf.to_yaml(cfg)  # as Hydra composed it, before the checks fill anything in
     check_before_training(cfg)  # before any weight loads and any MLflow run starts
     run_dir = find_run_to_resume(cfg) if cfg.get("resume") else Path(cfg.paths.output_dir)
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
+    if global_rank(devices) == 0:  # the run's other processes belong to the same run
+        claim_run_folder(run_dir, composed, bool(cfg.get("resume")))
     log_lightning_to_run_log()
     if cfg.get("resume"):
         log_into_resumed_run(run_dir)

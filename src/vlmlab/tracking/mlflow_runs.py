@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from vlmlab.errors import UsageError
 from vlmlab.tracking.datasets import DataSplit, log_datasets
 from vlmlab.tracking.registry import REGISTER_CHOICES, LoggedVersion, add_model_output, log_model
+from vlmlab.tracking.store import tracking_client
 
 MAX_PARAM_LENGTH = 250  # MLflow's limit for a param value
 # MLflow's experiment-kind tag and its value for a model-training ("Machine learning") experiment, as the UI's kind
@@ -163,7 +164,7 @@ class CurriculumTracker:
         self.final_model: LoggedVersion | None = None  # the last stage's logged model, once logged
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
-        self.client = MlflowClient(tracking_uri)
+        self.client = tracking_client(tracking_uri)
         self.experiment_id = experiment_id(self.client, tracking_uri, experiment_name, artifact_location)
         self.artifact_location = artifact_location
         self.commit = git_commit()
@@ -260,7 +261,7 @@ class CurriculumTracker:
 def log_evaluation_run(cfg: DictConfig, metrics: dict[str, float], artifacts: list[Path], tags: dict[str, str]) -> str:
     """One MLflow run for a `vlmlab-eval` call: config params and `config.yaml`, metrics, the files
     written (metrics and predictions) and the git commit. Returns the run id."""
-    client = MlflowClient(cfg.paths.mlflow_uri)
+    client = tracking_client(cfg.paths.mlflow_uri)
     eval_experiment = experiment_id(client, cfg.paths.mlflow_uri, cfg.experiment_name, cfg.paths.mlflow_artifacts)
     all_tags = {"mlflow.runName": cfg.run_name, "kind": "evaluation", **tags}
     commit = git_commit()

@@ -8,6 +8,7 @@ connector as units; FSDP2 (`ModelParallelStrategy`) applies `fully_shard` to the
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
@@ -15,6 +16,7 @@ from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParalle
 from torch import nn
 
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.training.checkpoints import save_sharded_atomically
 
 STRATEGIES = ("auto", "ddp", "fsdp", "fsdp2")
 FSDP_SHARDING = {"full": "FULL_SHARD", "grad_op": "SHARD_GRAD_OP", "hybrid": "HYBRID_SHARD"}
@@ -58,11 +60,28 @@ def build_strategy(settings: dict[str, Any], model: VisionLanguageModel, world_s
             cpu_offload=settings["cpu_offload"],
             use_orig_params=True,  # frozen and trained weights may share a unit; one LR group per part
         )
-    return ModelParallelStrategy(
+    return AtomicModelParallelStrategy(
         data_parallel_size=world_size,
         tensor_parallel_size=1,
         save_distributed_checkpoint=settings["sharded_checkpoint"],
     )
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """FSDP2 whose sharded checkpoints are written to a partial folder and swapped in once complete
+    (`vlmlab.training.checkpoints`); Lightning's writes into the folder it replaces."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(filepath))
+        parent = super()
+        save_sharded_atomically(
+            lambda folder: parent.save_checkpoint(checkpoint, folder, storage_options),
+            path,
+            self.global_rank == 0,
+            self.barrier,
+        )
 
 
 def is_sharded(strategy: Strategy) -> bool:

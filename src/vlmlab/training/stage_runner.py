@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
-from vlmlab.models.sharded_checkpoint import check_sharded_checkpoint
 from vlmlab.models.vlm import VisionLanguageModel
-from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, is_sharded_checkpoint, load_weights, save_weights
+from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, load_weights, save_weights
+from vlmlab.training.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from vlmlab.training.distributed import build_strategy, is_sharded
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.objectives import build_objective
@@ -58,6 +58,7 @@ def build_trainer(
         strategy=build_strategy(OmegaConf.to_container(cfg.strategy, resolve=True), model, world_size),
         logger=logger if logger is not None else False,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # written beside the run's files and renamed into place
     )
     if trainer.world_size != world_size:
         raise ValueError(
@@ -125,11 +126,10 @@ def run_stage(
         spec.batch_size,
         encoder_frozen=spec.train["encoder"] == "frozen",
     )
-    last = stage_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(last) if record.get("status") == "running" and last.exists() else None
-    if resume_from and is_sharded_checkpoint(last):
-        check_sharded_checkpoint(last)  # before torch's reader unpickles it
-    resuming = f", resuming {last}" if resume_from else ""
+    # the newest checkpoint that loads (checked before torch's own readers unpickle anything), leftovers removed
+    resumed = resume_checkpoint(stage_dir / "checkpoints", clean=main) if record.get("status") == "running" else None
+    resume_from = str(resumed) if resumed else None
+    resuming = f", resuming {resumed}" if resume_from else ""
     log.info("stage '%s': train %s on %s%s", spec.name, spec.train, datamodule.mixture, resuming)
     logger = None
     if tracker is not None:

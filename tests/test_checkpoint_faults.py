@@ -1,0 +1,107 @@
+"""A checkpoint write that runs out of space, and a process killed in the middle of one, lose no work: the
+earlier checkpoints stay intact, the failed write leaves nothing behind (or a partial file that resume removes),
+and `vlmlab-train resume=` continues from the newest intact checkpoint to the uninterrupted run's weights.
+
+The fault is real and at a known point: a test callback (tests/scripts/limit_file_size.py) lowers the process's
+file-size limit (RLIMIT_FSIZE) below a checkpoint's size at step 3 of the instruct stage, so the checkpoint due
+at step 4 cannot be written: the write fails with EFBIG (as ENOSPC on a full disk), or with SIGXFSZ left at its
+default the kernel ends the process in the middle of it. The run folder is not under $TMPDIR."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.cli_in_process import run_main
+from tests.conftest import FAST_OVERRIDES
+from vlmlab.cli.train import main as train_main
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 6
+
+
+def overrides(run: str) -> list[str]:
+    return [
+        *FAST_OVERRIDES,
+        f"curriculum.stages.instruct.max_steps={STEPS}",
+        f"curriculum.stages.instruct.val_check_interval={STEPS}",
+        "callbacks.checkpoint.every_n_train_steps=2",
+        "~callbacks.generation_validation",
+        "eval.enabled=false",
+        "~logger",
+        f"hydra.run.dir=outputs/{run}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("checkpoint-faults")
+    (path / "tmp").mkdir()  # $TMPDIR of the faulted runs: not the run folder
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight(workdir: Path, synth_root: Path) -> dict[str, torch.Tensor]:
+    """The uninterrupted run's final weights."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        code, _ = run_main(
+            train_main, "vlmlab-train", [*overrides("straight"), f"data.root={synth_root}"], workdir, monkeypatch
+        )
+    assert code == 0
+    return load_file(workdir / "outputs" / "straight" / "stages" / "instruct" / "model.safetensors")
+
+
+def faulted(workdir: Path, synth_root: Path, run: str, kill: bool) -> subprocess.CompletedProcess:
+    fault = ["+callbacks.fault._target_=tests.scripts.limit_file_size.LimitFileSize", "+callbacks.fault.stage=instruct"]
+    fault += ["+callbacks.fault.step=3", f"+callbacks.fault.kill={str(kill).lower()}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env["TMPDIR"] = str(workdir / "tmp")
+    command = [str(BIN / "vlmlab-train"), *overrides(run), f"data.root={synth_root}", *fault]
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600, env=env)
+
+
+def step_of(path: Path) -> int:
+    return int(torch.load(path, weights_only=True, mmap=True)["global_step"])
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["out-of-space", "killed-mid-write"])
+def test_a_checkpoint_write_that_fails_loses_no_work(
+    kill: bool,
+    workdir: Path,
+    synth_root: Path,
+    straight: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    run = "killed" if kill else "full"
+    result = faulted(workdir, synth_root, run, kill)
+    checkpoints = workdir / "outputs" / run / "stages" / "instruct" / "checkpoints"
+    partials = list(checkpoints.glob(".*.partial"))
+    if kill:
+        assert result.returncode == -signal.SIGXFSZ, result.stderr[-3000:]
+        assert [p.name for p in partials] == [".epoch=0-step=4.ckpt.partial"]  # cut off mid-write
+    else:
+        assert result.returncode == 2, result.stderr[-3000:]
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"vlmlab-train: the checkpoint epoch=0-step=4.ckpt did not fit in {checkpoints} (")
+        assert "MB are free): make room there and resume the run; its earlier checkpoints are intact" in line
+        assert "Traceback" not in result.stderr and not partials
+    assert step_of(checkpoints / "last.ckpt") == 2  # the previous checkpoint, whole
+    assert not list((workdir / "tmp").iterdir())  # nothing went through $TMPDIR
+
+    code, stderr = run_main(
+        train_main, "vlmlab-train", [*overrides(f"{run}-resumed"), f"data.root={synth_root}", f"resume=outputs/{run}"],
+        workdir, monkeypatch, capsys,
+    )  # fmt: skip
+    assert code == 0, stderr[-3000:]
+    assert not list(checkpoints.glob(".*.partial"))
+    resumed = load_file(checkpoints.parent / "model.safetensors")
+    assert max((resumed[k] - straight[k]).abs().max().item() for k in straight) <= 1e-6
