@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,5 +104,38 @@ def test_a_checkpoint_write_that_fails_loses_no_work(
     )  # fmt: skip
     assert code == 0, stderr[-3000:]
     assert not list(checkpoints.glob(".*.partial"))
+    resumed = load_file(checkpoints.parent / "model.safetensors")
+    assert max((resumed[k] - straight[k]).abs().max().item() for k in straight) <= 1e-6
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code(
+    workdir: Path,
+    synth_root: Path,
+    straight: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A scheduler's SIGTERM mid-stage: a checkpoint at the next optimizer step (not inside a gradient
+    accumulation), the resume command, exit code 143; the resumed run ends with the uninterrupted run's weights."""
+    slow = ["+callbacks.slow._target_=tests.scripts.slow_steps.SleepAfterEachBatch", "+callbacks.slow.seconds=0.5"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    command = [str(BIN / "vlmlab-train"), *overrides("term"), f"data.root={synth_root}", *slow]
+    process = subprocess.Popen(command, cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
+    checkpoints = workdir / "outputs" / "term" / "stages" / "instruct" / "checkpoints"
+    while not (checkpoints / "last.ckpt").exists() and process.poll() is None:
+        time.sleep(0.2)  # the instruct stage's first checkpoint (step 2) is written: the stage is under way
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 143, stderr[-3000:]
+    step = step_of(checkpoints / "last.ckpt")
+    assert 2 < step < STEPS
+    assert f"vlmlab-train: stopped by SIGTERM at step {step}; checkpoint {checkpoints / 'last.ckpt'}; resume" in stderr
+    assert "resume=outputs/term" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+
+    code, stderr = run_main(
+        train_main, "vlmlab-train", [*overrides("term-resumed"), f"data.root={synth_root}", "resume=outputs/term"],
+        workdir, monkeypatch, capsys,
+    )  # fmt: skip
+    assert code == 0, stderr[-3000:]
     resumed = load_file(checkpoints.parent / "model.safetensors")
     assert max((resumed[k] - straight[k]).abs().max().item() for k in straight) <= 1e-6

@@ -6,13 +6,6 @@ model answers through `mlflow.pyfunc` and `vlmlab-generate checkpoint=models:/..
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tests.conftest import FAST_OVERRIDES
 from tests.demo_run import BIN, run_cli
+from tests.mlflow_server import Server
 from vlmlab.config import config_dir
 from vlmlab.data.formats import read_split
 from vlmlab.errors import UsageError
@@ -38,54 +32,6 @@ from vlmlab.tracking.registry import PREDICT_PARAMS, using_store
 from vlmlab.training.curriculum import run_curriculum
 
 EXPERIMENT, MODEL = "registry", "tiny-vlm"
-
-
-class Server:
-    """`mlflow server` on the store, started in the background; `url` waits until it answers."""
-
-    def __init__(self, store: str, log: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.log = log
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner process: starts faster
-        command = [str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--port", str(self.port)]
-        self.process = subprocess.Popen(
-            [*command, "--host", "127.0.0.1", "--workers", "1"],
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped with its workers
-            env=env,
-        )
-
-    @property
-    def url(self) -> str:
-        base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    return base
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError(f"mlflow server did not answer in 120 s: {self.log.read_text()[-3000:]}")
-
-    def get(self, path: str, **query: str) -> dict[str, Any]:
-        request = f"{self.url}{path}?{urllib.parse.urlencode(query)}"
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}{path}", data, {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,19 @@ from vlmlab.tracking.mlflow_runs import CurriculumTracker
 
 def test_a_stage_run_created_before_a_kill_is_continued_not_duplicated(tmp_path: Path, mlflow_uri: str) -> None:
     tracker = CurriculumTracker(mlflow_uri, "orphans", "run", str(tmp_path / "artifacts"))
-    first = tracker.stage_logger("instruct", init_from=None)
+    stage_dir = tmp_path / "stages" / "instruct"
+    first = tracker.stage_logger("instruct", init_from=None, stage_dir=stage_dir)
     first.log_metrics({"train/loss": 2.0}, step=0)
     first.log_metrics({"train/loss": 1.5, "epoch": 0.0}, step=1)
     first.log_metrics({"epoch": 0.0, "val/loss": 1.4}, step=1)  # Lightning sends `epoch` again when validating
+    first.sender.close(timeout=60)  # what it sent before it was killed
     # killed here: the run record never named first.run_id; the resumed curriculum asks again
     resumed = CurriculumTracker(mlflow_uri, "orphans", "run", None, parent_run_id=tracker.parent_run_id)
-    again = resumed.stage_logger("instruct", init_from=None)
+    again = resumed.stage_logger("instruct", init_from=None, stage_dir=stage_dir)
     assert again.run_id == first.run_id
     again.log_metrics({"train/loss": 1.5}, step=1)  # recomputed after the resume: already in the history
     again.log_metrics({"train/loss": 1.2}, step=2)
+    again.finalize("success")  # delivers, then ends the run
     client = MlflowClient(mlflow_uri)
     history = [(m.step, m.value) for m in client.get_metric_history(first.run_id, "train/loss")]
     assert sorted(history) == [(0, 2.0), (1, 1.5), (2, 1.2)]
@@ -30,4 +33,5 @@ def test_a_stage_run_created_before_a_kill_is_continued_not_duplicated(tmp_path:
         [tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{tracker.parent_run_id}'"
     )
     assert [r.info.run_id for r in children] == [first.run_id]
-    assert resumed.stage_logger("align", init_from=None).run_id != first.run_id  # another stage: its own run
+    align = resumed.stage_logger("align", init_from=None, stage_dir=tmp_path / "stages" / "align")
+    assert align.run_id != first.run_id  # another stage: its own run

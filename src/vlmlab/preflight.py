@@ -6,8 +6,10 @@ that a mistake costs seconds, not the minutes a 7B model takes to load.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.config import validate_config
@@ -87,9 +89,48 @@ def check_weights_file(value: str | None, field: str, model_uri_ok: bool = False
         raise UsageError(f"{field}={value}: no such file or folder; give a stage folder <run>/stages/<stage>")
 
 
+def accelerator_count(accelerator: str) -> tuple[int, str]:
+    """How many devices of the kind `trainer.accelerator` names this machine has, and their name."""
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return (torch.cuda.device_count(), "GPUs") if gpu else (os.cpu_count() or 1, "CPUs")
+
+
+def check_run_values(cfg: DictConfig) -> None:
+    """Values of the right type that still cannot work, or not on this machine."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed={seed!r} must be a whole number")
+    cpus = os.cpu_count() or 1
+    workers = cfg.data.get("num_workers")
+    if workers is not None and not 0 <= workers <= 4 * cpus:
+        raise UsageError(
+            f"data.num_workers={workers}: this machine has {cpus} CPUs; give 0 to {4 * cpus} loader processes per "
+            "training process (null: one per CPU, at most 8)"
+        )
+    if cfg.data.max_length < 1:
+        raise UsageError(f"data.max_length={cfg.data.max_length} must be a positive number of tokens")
+    devices, accelerator = cfg.trainer.get("devices"), str(cfg.trainer.get("accelerator", "auto"))
+    if isinstance(devices, int) and devices > 0:
+        have, kind = accelerator_count(accelerator)
+        if devices > have:
+            raise UsageError(
+                f"trainer.devices={devices}, but this machine has {have} {kind} (trainer.accelerator={accelerator}); "
+                f"give at most {have}"
+            )
+    root = cfg.data.get("root")
+    if cfg.data.get("synthetic") is not None and root and not Path(root).exists():
+        inside = Path(root).resolve().is_relative_to(Path(cfg.paths.root_dir).resolve())
+        if not inside:
+            raise UsageError(
+                f"data.root={root} does not exist and lies outside the working directory: create it first if the "
+                "synthetic data should be written there (vlmlab makes new folders only under the working directory)"
+            )
+
+
 def check_before_training(cfg: DictConfig) -> list[StageSpec]:
     """`vlmlab-train`'s checks, in the order a user would fix them; returns the checked stages."""
     validate_config(cfg)
+    check_run_values(cfg)
     specs = stage_specs(cfg)
     stages_to_run(cfg, specs)
     check_trainer_keys(cfg)

@@ -15,6 +15,7 @@ from vlmlab.errors import UsageError
 from vlmlab.preflight import check_before_training
 from vlmlab.training.curriculum import run_curriculum
 from vlmlab.training.distributed import global_rank
+from vlmlab.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from vlmlab.training.run_lock import lock_run_folder
 from vlmlab.training.run_record import STATE_FILE, find_run_to_resume
 
@@ -86,6 +87,12 @@ def train(cfg: DictConfig) -> float | None:
         log_into_resumed_run(run_dir)
     try:
         metrics = run_curriculum(cfg)
+    except Preempted as stop:
+        print(
+            f"\nvlmlab-train: {stop}; resume where it stopped:\n  {resume_command(run_dir)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(PREEMPTED_EXIT_CODE) from None
     except (KeyboardInterrupt, SystemExit) as err:  # Lightning turns Ctrl-C into SystemExit(1)
         if not isinstance(err, SystemExit) or err.code not in (0, None):
             print(

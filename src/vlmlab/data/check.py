@@ -84,7 +84,16 @@ def check_split(
     records = datamodule.records(source, split)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     report = SplitReport(source, split, records=count)
+    if count == 0:
+        report.problems["empty"].append(f"{source}/{split}")  # a split that trains or scores on nothing
+    seen: set[Any] = set()
     for i in range(count):
+        record_id = records[i].get("id") if isinstance(records[i], dict) else None
+        if record_id is not None:
+            key = record_id if isinstance(record_id, str | int) else repr(record_id)
+            if key in seen:  # predictions and scores are matched by id
+                report.problems["duplicate_id"].append(record_id)
+            seen.add(key)
         images = record_images(records[i]) if isinstance(records[i], dict) else []
         report.images_referenced += len(images)
         # Files on disk are looked up; images stored in an HF table are there by construction.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from vlmlab.data.record_store import RecordStore, iter_json_list
+from vlmlab.data.record_store import RecordStore, iter_json_list, read_text
 from vlmlab.data.shards import ShardRecords, is_url
 from vlmlab.errors import UsageError
 
@@ -45,7 +45,7 @@ def read_json(path: str | Path, what: str) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist; check the data config's paths")
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path, what))
     except json.JSONDecodeError as err:
         raise UsageError(f"{what} file {path} is not valid JSON ({err}); re-download or fix the file") from err
 

@@ -101,13 +101,24 @@ class RecordStore(Sequence[Record]):
         return self.documents.nbytes + self.words.nbytes + self.images.nbytes
 
 
+def read_text(path: Path, what: str) -> str:
+    """A data file's text (UTF-8, as JSON requires); a UsageError naming the file and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"{what} file {path} is not UTF-8 text (byte {err.start}: {err.object[err.start : err.start + 1]!r}); "
+            "JSON files are UTF-8: re-encode it (e.g. iconv -f <its encoding> -t utf-8)"
+        ) from err
+
+
 def iter_json_list(path: str | Path, what: str) -> Iterator[Any]:
     """The elements of the JSON list in `path`, decoded one at a time (the dicts of the whole list never
     exist at once). A file that is not a JSON list is a `UsageError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist; check the data config's paths")
-    text = path.read_text()
+    text = read_text(path, what)
     decoder = json.JSONDecoder()
     index = _WHITESPACE.match(text).end()
     if not text.startswith("[", index):

@@ -9,8 +9,11 @@ model-training experiment, for the UI.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,12 +23,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
-from mlflow.entities import Param
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.errors import UsageError
 from vlmlab.tracking.datasets import DataSplit, log_datasets
+from vlmlab.tracking.metric_sender import MetricSender
 from vlmlab.tracking.registry import REGISTER_CHOICES, LoggedVersion, add_model_output, log_model
 from vlmlab.tracking.store import tracking_client
 
@@ -39,6 +43,9 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 
 
 COMMIT_ENV = "VLMLAB_GIT_COMMIT"  # set in the Docker image at build time (it holds no .git and no git)
+
+log = logging.getLogger(__name__)
+METRICS_SPOOL = "metrics.jsonl"  # a stage's metrics, as they are sent to its MLflow run
 
 
 def git_commit(directory: str | Path = ".") -> str | None:
@@ -114,31 +121,62 @@ def check_registration(register_model: str | None, registered_model_name: str | 
 
 
 class StageLogger(MLFlowLogger):
-    """Lightning's `MLFlowLogger` for a stage's run, logging each step once.
+    """Lightning's `MLFlowLogger` for a stage's run, logging each step once, without waiting on the server.
 
-    A resumed stage recomputes the steps between its last checkpoint and the kill, and MLflow cannot
-    delete logged values: the steps a resumed run's history already holds (per metric) are not logged
-    again. With an exact resume the recomputed values equal the logged ones. Steps are logged in
-    increasing order, so a value for a step at or before the last one logged is dropped.
+    Metrics go through a `MetricSender` (`spool`: a file in the stage's folder, sent in the background), so a
+    training step never waits on the tracking server, and an outage of any length loses nothing; the run is
+    marked ended once they are delivered (or `flush_timeout` seconds have passed: the rest is sent on resume).
+    A resumed stage recomputes the steps between its last checkpoint and the kill, and MLflow cannot delete
+    logged values: the steps the stage has logged already (per metric, in its spool; in the run's history for a
+    stage logged before spools) are not logged again. With an exact resume the recomputed values equal the
+    logged ones. Steps are logged in increasing order, so a value for a step at or before the last one logged is
+    dropped.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, spool: Path, flush_timeout: float = 120.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.logged_up_to: dict[str, int] = {}  # metric -> last step in the run's history
+        self.spool, self.flush_timeout = spool, flush_timeout
+        self.logged_up_to: dict[str, int] = {}  # metric -> last step logged
+        self._sender: MetricSender | None = None
+
+    @property
+    def sender(self) -> MetricSender:
+        if self._sender is None:  # once the run exists (`run_id` creates it)
+            self._sender = MetricSender(self.experiment, self.run_id, self.spool)
+        return self._sender
 
     def skip_logged_steps(self) -> None:
-        """Read which steps the (continued) run already holds."""
-        client = self.experiment
-        for key in client.get_run(self.run_id).data.metrics:
-            self.logged_up_to[key] = max(m.step for m in client.get_metric_history(self.run_id, key))
+        """Read which steps the (continued) stage has logged already."""
+        self.logged_up_to = self.sender.logged_steps()
+        if not self.logged_up_to:  # a stage logged before spools existed: its run's history says
+            client = self.experiment
+            for key in client.get_run(self.run_id).data.metrics:
+                self.logged_up_to[key] = max(m.step for m in client.get_metric_history(self.run_id, key))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if step is not None:  # (Lightning also sends `epoch` twice at a step that validates: kept once)
             metrics = {k: v for k, v in metrics.items() if step > self.logged_up_to.get(k, -1)}
             self.logged_up_to.update(dict.fromkeys(metrics, step))
-        if metrics:
-            super().log_metrics(metrics, step)
+        now = int(time.time() * 1000)
+        values = [  # MLflow's allowed characters in a name (Lightning strips the others alike)
+            Metric(re.sub(r"[^a-zA-Z0-9_/. -]+", "", key), float(value), now, step or 0)
+            for key, value in metrics.items()
+            if not isinstance(value, str)
+        ]
+        if values:
+            self.sender.put(values)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        """Deliver the stage's metrics, then mark its run ended; a server still away delays neither for longer than
+        `flush_timeout`, nor ends the run."""
+        if self._sender is not None:
+            self._sender.close(self.flush_timeout)
+        try:
+            super().finalize(status)
+        except Exception as err:  # the server is away: the run stays RUNNING in MLflow until it is resumed
+            log.warning("could not mark MLflow run %s ended (%s)", self.run_id, err)
 
 
 class CurriculumTracker:
@@ -154,10 +192,12 @@ class CurriculumTracker:
         parent_run_id: str | None = None,
         register_model: str | None = None,
         registered_model_name: str | None = None,
+        flush_timeout: float = 120.0,
     ) -> None:
         """`parent_run_id`: continue that run (a resumed curriculum) instead of creating one. `register_model`:
         log and register the last stage's model (`final`), each stage's (`every_stage`), or none (None), under
-        `registered_model_name`."""
+        `registered_model_name`. `flush_timeout`: seconds a stage's end waits for its metrics to reach the server."""
+        self.flush_timeout = flush_timeout
         check_registration(register_model, registered_model_name)
         self.register_model = register_model
         self.registered_model_name = registered_model_name
@@ -195,13 +235,19 @@ class CurriculumTracker:
             )
         self.client.log_metric(self.parent_run_id, "model/image_tokens", image_tokens)
 
-    def stage_logger(self, stage: str, init_from: str | None, run_id: str | None = None) -> StageLogger:
-        """The stage's child run. An existing one continues (a resumed stage): the run `run_id`, or the parent's
-        child run of this stage that a run killed before recording its id left behind."""
+    def stage_logger(
+        self, stage: str, init_from: str | None, stage_dir: Path, run_id: str | None = None
+    ) -> StageLogger:
+        """The stage's child run, its metrics sent through `<stage_dir>/metrics.jsonl` (`MetricSender`). An existing
+        one continues (a resumed stage): the run `run_id`, or the parent's child run of this stage that a run killed
+        before recording its id left behind."""
+        spool = {"spool": stage_dir / METRICS_SPOOL, "flush_timeout": self.flush_timeout}
         run_id = run_id or self._existing_stage_run(stage)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
-            logger = StageLogger(experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=run_id)
+            logger = StageLogger(
+                experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=run_id, **spool
+            )
             logger.skip_logged_steps()
             return logger
         tags = {"mlflow.parentRunId": self.parent_run_id, "stage": stage, "init_from": init_from or "config"}
@@ -214,6 +260,7 @@ class CurriculumTracker:
             tracking_uri=self.tracking_uri,
             tags=tags,
             artifact_location=self.artifact_location,
+            **spool,
         )
 
     def _existing_stage_run(self, stage: str) -> str | None:

@@ -23,6 +23,7 @@ from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import load_weights
 from vlmlab.training.distributed import global_rank
+from vlmlab.training.preemption import Preempted
 from vlmlab.training.run_record import STATE_FILE, load_state, resolve_record_path, stages_to_run, write_state
 from vlmlab.training.stage import stage_specs
 from vlmlab.training.stage_runner import run_stage
@@ -82,7 +83,8 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
             log.info("the last stage did not train the LLM to answer: no test scores (its validation metrics hold it)")
     except BaseException as err:  # Ctrl-C reaches here as SystemExit from Lightning: resumable, marked KILLED
         if tracker is not None:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt | SystemExit) else "FAILED")
+            stopped = isinstance(err, KeyboardInterrupt | SystemExit | Preempted)
+            tracker.finish("KILLED" if stopped else "FAILED")
         raise
     state["finished"] = True
     if main:

@@ -59,6 +59,7 @@ class VLMTrainingModule(L.LightningModule):
         self.stage = stage
         self.nan_policy = nan_policy
         self.nan_steps = 0
+        self.trained_samples = 0  # samples this process trained on in the stage (resumed ones included)
         self.skipped: Counter[str] = Counter()
         self.step_logged: tuple[int, dict[str, Any]] = (-1, {})  # (step, its training metrics)
         self.relog: dict[str, Any] | None = None
@@ -113,7 +114,11 @@ class VLMTrainingModule(L.LightningModule):
         if not is_sharded(self.trainer.strategy):  # shards are already split over the processes
             keep = self.checkpointed_keys()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["vlmlab"] = {"skipped": dict(self.skipped), "nan_steps": self.nan_steps}
+        checkpoint["vlmlab"] = {
+            "skipped": dict(self.skipped),
+            "nan_steps": self.nan_steps,
+            "trained_samples": self.trained_samples,
+        }
         # Lightning saves step checkpoints before it sends that step's metrics to the logger: a run
         # killed in between would miss the step in its history. The checkpoint carries them, to be
         # logged again on resume (an identical duplicate where they did arrive).
@@ -133,6 +138,7 @@ class VLMTrainingModule(L.LightningModule):
         saved = checkpoint.get("vlmlab", {})
         self.skipped = Counter(saved.get("skipped", {}))
         self.nan_steps = saved.get("nan_steps", 0)
+        self.trained_samples = saved.get("trained_samples", 0)
         self.relog = saved.get("step_metrics")
 
     def on_train_start(self) -> None:
@@ -178,6 +184,7 @@ class VLMTrainingModule(L.LightningModule):
                 "(resume=true); nan_policy=skip would skip such steps instead"
             )
         batch_size = batch["input_ids"].shape[0]
+        self.trained_samples += batch_size
         # train/loss is the global batch's: the mean over this step's micro-batches and processes (each
         # micro-batch's loss is already a mean over its answer tokens, as the gradient is).
         self.window_losses.append(loss.detach())

@@ -16,6 +16,9 @@ TRAIN_MODES = ("frozen", "full", "lora")
 LORA_PARTS = ("encoder", "llm")  # the connector is small: it trains in full
 LOSSES = get_args(LossImpl)
 OBJECTIVES = ("lm", "contrastive")
+# Lightning's `Trainer(precision=...)` values (its documented list, with its short aliases)
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "64", "32", "16", "bf16")  # fmt: skip
 CONTRASTIVE_LOSSES = ("siglip", "clip")
 
 
@@ -79,6 +82,18 @@ class StageSpec:
             )
         if self.max_steps <= 0 and self.max_epochs <= 0:
             raise UsageError(f"{where}: set max_steps or max_epochs to a positive number")
+        for field in ("batch_size", "micro_batch_size"):
+            if getattr(self, field) < 1:
+                raise UsageError(f"{where}: {field} must be at least 1 sample, got {getattr(self, field)}")
+        for part, lr in self.lr.items():
+            if lr is not None and not 0 < lr < float("inf"):
+                raise UsageError(f"{where}: lr.{part} must be a positive learning rate, got {lr}")
+        if self.weight_decay < 0:
+            raise UsageError(f"{where}: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
+            raise UsageError(f"{where}: gradient_clip_val must be >= 0 (null: none), got {self.gradient_clip_val}")
+        if str(self.precision) not in PRECISIONS:
+            raise UsageError(f"{where}: precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.batch_size % self.micro_batch_size:
             raise UsageError(
                 f"{where}: batch_size={self.batch_size} is not a multiple of micro_batch_size={self.micro_batch_size}"

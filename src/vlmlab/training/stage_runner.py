@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.errors import UsageError
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import WEIGHTS_FILE, full_state_dict, load_weights, save_weights
@@ -133,7 +134,7 @@ def run_stage(
     log.info("stage '%s': train %s on %s%s", spec.name, spec.train, datamodule.mixture, resuming)
     logger = None
     if tracker is not None:
-        logger = tracker.stage_logger(spec.name, init_from, run_id=record.get("run_id"))
+        logger = tracker.stage_logger(spec.name, init_from, stage_dir, run_id=record.get("run_id"))
         if "run_id" not in record:
             tracker.log_config(logger.run_id, cfg)
             tracker.log_datasets(logger.run_id, stage_data_splits(datamodule))
@@ -148,6 +149,12 @@ def run_stage(
     L.seed_everything(seed, workers=True, verbose=False)
     module = VLMTrainingModule(model, spec, cfg.nan_policy, build_objective(spec, model, cfg.model))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+    if trainer.strategy.reduce_boolean_decision(module.trained_samples == 0, all=True):
+        skipped = ", ".join(f"{reason}: {count}" for reason, count in module.skipped.items()) or "none"
+        raise UsageError(
+            f"stage '{spec.name}' trained on no sample: every record it drew was skipped (skipped by reason: "
+            f"{skipped}); `vlmlab-data check` lists them and why (data.max_length={cfg.data.max_length})"
+        )
     metrics = {f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()}
     trained = save_stage_weights(cfg, spec, trainer, module, stage_dir)
     weights = str(stage_dir / WEIGHTS_FILE)

@@ -1,0 +1,69 @@
+"""A tracking server that goes away mid-run, for longer than its client's retry budget: training goes on at its
+own pace (its steps are logged to the stage's metrics file meanwhile), and once the server is back the run ends
+with its full history in MLflow, every step once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import FAST_OVERRIDES
+from tests.mlflow_server import Server
+from vlmlab.tracking.store import tracking_client
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+STEPS = 12
+OUTAGE = 6.0  # seconds the server is away: past the client's retry budget set below (about 2 s)
+
+
+def spooled_steps(spool: Path, key: str) -> list[int]:
+    return sorted(step for line in spool.read_text().splitlines() for k, _, _, step in json.loads(line) if k == key)
+
+
+def test_training_goes_on_through_a_tracking_server_outage(tmp_path: Path, synth_root: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_client(store)
+    server = Server(store, tmp_path / "server.log")
+    slow = ["+callbacks.slow._target_=tests.scripts.slow_steps.SleepAfterEachBatch", "+callbacks.slow.seconds=0.3"]
+    command = [str(BIN / "vlmlab-train"), *FAST_OVERRIDES, f"data.root={synth_root}", f"paths.mlflow_uri={server.url}"]
+    command += [
+        f"curriculum.stages.instruct.max_steps={STEPS}",
+        f"curriculum.stages.instruct.val_check_interval={STEPS}",
+    ]
+    command += ["~callbacks.generation_validation", "eval.enabled=false", "experiment_name=outage", "hydra.run.dir=run"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    env |= {"MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
+    training = subprocess.Popen(
+        [*command, *slow], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    spool = tmp_path / "run" / "stages" / "instruct" / "metrics.jsonl"
+    try:
+        while (not spool.exists() or len(spool.read_text().splitlines()) < 2) and training.poll() is None:
+            time.sleep(0.2)  # the instruct stage is logging
+        server.stop()
+        before = len(spool.read_text().splitlines())
+        time.sleep(OUTAGE)
+        during = len(spool.read_text().splitlines()) - before
+        assert training.poll() is None, training.communicate()[0][-3000:]  # the outage did not end the run
+        server.start()
+        output, _ = training.communicate(timeout=600)
+    finally:
+        server.stop()
+    assert training.returncode == 0, output[-3000:]
+    assert during >= 3  # steps went on while the server was away (0.6 s a step here, at most)
+    assert "tracking server unreachable" in output and "tracking server back after" in output
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("outage").experiment_id
+    stage = next(r for r in client.search_runs([experiment]) if r.data.tags.get("stage") == "instruct")
+    assert stage.info.status == "FINISHED"
+    history = sorted(m.step for m in client.get_metric_history(stage.info.run_id, "train/loss"))
+    assert history == spooled_steps(spool, "train/loss") == list(range(STEPS))  # each step once, none lost
