@@ -17,7 +17,7 @@ def test_a_stage_run_created_before_a_kill_is_continued_not_duplicated(tmp_path:
     first.log_metrics({"train/loss": 2.0}, step=0)
     first.log_metrics({"train/loss": 1.5, "epoch": 0.0}, step=1)
     first.log_metrics({"epoch": 0.0, "val/loss": 1.4}, step=1)  # Lightning sends `epoch` again when validating
-    first.sender.close(timeout=60)  # what it sent before it was killed
+    first.sender.finish(None, timeout=60)  # what it sent before it was killed
     # killed here: the run record never named first.run_id; the resumed curriculum asks again
     resumed = CurriculumTracker(mlflow_uri, "orphans", "run", None, parent_run_id=tracker.parent_run_id)
     again = resumed.stage_logger("instruct", init_from=None, stage_dir=stage_dir)

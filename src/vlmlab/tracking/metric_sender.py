@@ -5,9 +5,11 @@ Each step's metrics are appended to `metrics.jsonl` (a local write) and a sender
 sent yet (`log_batch`, up to MLflow's 1,000 values a call), recording in `metrics.sent` how far it got. When the
 server cannot be reached, MLflow's client retries for its own budget (`MLFLOW_HTTP_REQUEST_MAX_RETRIES`), then
 the sender waits and tries again, for as long as the outage lasts: the file holds everything meanwhile, on disk,
-not in memory. A stage that ends while the server is still away waits `flush_timeout` seconds for it, then goes
-on; what is left is sent by the same stage's sender when the run is resumed. A resumed stage reads the file to
-know which steps it has logged, delivered or not.
+not in memory. When its stage ends (`finish`), the sender delivers the rest and then marks the run ended; the
+stage waits for that at most `timeout` seconds, and the thread goes on in the background while the process
+lives. What a process could not deliver before it ended stays in the file and is sent by the next
+`vlmlab-train resume=` of the run (`backfill`). A resumed stage reads the file to know which steps it has logged,
+delivered or not.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +31,17 @@ MAX_WAIT = 30.0  # seconds between tries while the server is away, at most
 
 
 class MetricSender:
-    """Sends the metrics `put` into `spool` (a JSON line per step) to run `run_id` in the background."""
+    """Sends the metrics `put` into `spool` (a JSON line per step) to run `run_id` of `client` in the background."""
 
-    def __init__(self, client: MlflowClient, run_id: str, spool: Path) -> None:
+    def __init__(self, client: Any, run_id: str, spool: Path) -> None:
         self.client, self.run_id, self.spool = client, run_id, spool
         self.offset_file = spool.with_suffix(".sent")
         spool.parent.mkdir(parents=True, exist_ok=True)
         spool.touch()
         self.sent = int(self.offset_file.read_text()) if self.offset_file.is_file() else 0
         self.wake = threading.Event()
-        self.stopping = False
+        self.end_status: str | None = None  # the run's status once everything is delivered
+        self.done = threading.Event()  # delivered and, if asked, the run ended
         self.unreachable_since: float | None = None
         self.thread = threading.Thread(target=self._run, name=f"mlflow-metrics-{run_id[:8]}", daemon=True)
         self.thread.start()
@@ -61,24 +64,20 @@ class MetricSender:
         """Bytes of the file not delivered yet."""
         return self.spool.stat().st_size - self.sent
 
-    def close(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for every value to be delivered, then stop sending; whether they were (the
-        rest stays in the file, for a resumed stage's sender)."""
-        deadline = time.monotonic() + timeout
-        while self.pending() > 0 and time.monotonic() < deadline:
-            self.wake.set()
-            time.sleep(0.05)
-        self.stopping = True
+    def finish(self, status: str | None, timeout: float) -> bool:
+        """Deliver the rest, then mark the run `status` (None: leave it); wait for that at most `timeout` seconds.
+        Whether it is done; if not, the thread goes on in the background."""
+        self.end_status = status
         self.wake.set()
-        delivered = self.pending() == 0
-        if not delivered:
+        done = self.done.wait(timeout)
+        if not done:
             log.warning(
-                "the tracking server did not take the last metrics of run %s in time: they are kept in %s and sent "
-                "when this stage is resumed (vlmlab-train resume=<run>)",
+                "the tracking server has not taken the last metrics of run %s yet: they are kept in %s and sent as "
+                "soon as it is back (by this process while it runs, then by vlmlab-train resume=<run>)",
                 self.run_id,
                 self.spool,
             )
-        return delivered
+        return done
 
     def _lines(self, start: int) -> list[tuple[list[Metric], int]]:
         """The whole lines of the file from byte offset `start`: each line's metrics and the offset after it."""
@@ -107,21 +106,18 @@ class MetricSender:
 
     def _run(self) -> None:
         wait = 1.0
-        while not self.stopping:
+        while True:
             self.wake.wait(timeout=1.0)
             self.wake.clear()
-            if self.pending() <= 0:
-                continue
             try:
-                self._send()
+                if self.pending() > 0:
+                    self._send()
+                if self.end_status is not None and self.pending() == 0:
+                    self.client.set_terminated(self.run_id, status=self.end_status)
             except Exception as err:  # unreachable, timed out, failing: keep the values, try again later
                 if self.unreachable_since is None:
                     self.unreachable_since = time.monotonic()
-                    log.warning(
-                        "tracking server unreachable (%s); metrics kept in %s until it returns", err, self.spool
-                    )
-                if self.stopping:
-                    return
+                    log.warning("tracking server unreachable (%s); metrics kept in %s till it is back", err, self.spool)
                 time.sleep(wait)
                 wait = min(wait * 2, MAX_WAIT)
                 continue
@@ -130,3 +126,15 @@ class MetricSender:
                 log.warning("tracking server back after %.0f s: the kept metrics are sent", away)
                 self.unreachable_since = None
             wait = 1.0
+            if self.end_status is not None and self.pending() == 0:
+                self.done.set()
+                return
+
+
+def backfill(client: Any, run_id: str, spool: Path) -> MetricSender:
+    """A sender for what an ended process left undelivered in a finished stage's `spool`; it then marks the run
+    finished."""
+    sender = MetricSender(client, run_id, spool)
+    sender.end_status = "FINISHED"
+    sender.wake.set()
+    return sender

@@ -1,4 +1,4 @@
-"""MLflow runs of a curriculum: a parent run, one Lightning `MLFlowLogger` child run per stage.
+"""MLflow runs of a curriculum: a parent run, one child run per stage (its Lightning logger, `StageLogger`).
 
 Every run carries the resolved config (as flattened params and as `config.yaml`), the git commit
 and, for a stage, its name, the data it trained on (dataset inputs) and, when configured, its model
@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -29,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.errors import UsageError
 from vlmlab.tracking.datasets import DataSplit, log_datasets
-from vlmlab.tracking.metric_sender import MetricSender
+from vlmlab.tracking.metric_sender import MetricSender, backfill
+from vlmlab.tracking.patience import PatientClient, patiently
 from vlmlab.tracking.registry import REGISTER_CHOICES, LoggedVersion, add_model_output, log_model
 from vlmlab.tracking.store import tracking_client
 
@@ -120,12 +122,20 @@ def check_registration(register_model: str | None, registered_model_name: str | 
         )
 
 
-class StageLogger(MLFlowLogger):
-    """Lightning's `MLFlowLogger` for a stage's run, logging each step once, without waiting on the server.
+def undelivered(stage_dir: Path) -> bool:
+    """Whether a stage's metrics file holds values its sender has not delivered (an ended process left them)."""
+    spool = stage_dir / METRICS_SPOOL
+    sent = spool.with_suffix(".sent")
+    return spool.is_file() and spool.stat().st_size > (int(sent.read_text()) if sent.is_file() else 0)
+
+
+class StageLogger(Logger):
+    """A stage's MLflow run as Lightning's logger, logging each step once, never waiting on the server.
 
     Metrics go through a `MetricSender` (`spool`: a file in the stage's folder, sent in the background), so a
-    training step never waits on the tracking server, and an outage of any length loses nothing; the run is
+    training step never waits on the tracking server and an outage of any length loses nothing; the run is
     marked ended once they are delivered (or `flush_timeout` seconds have passed: the rest is sent on resume).
+    Other calls go through the tracker's `PatientClient` (`experiment`), which waits out an outage.
     A resumed stage recomputes the steps between its last checkpoint and the kill, and MLflow cannot delete
     logged values: the steps the stage has logged already (per metric, in its spool; in the run's history for a
     stage logged before spools) are not logged again. With an exact resume the recomputed values equal the
@@ -133,25 +143,47 @@ class StageLogger(MLFlowLogger):
     dropped.
     """
 
-    def __init__(self, *args: Any, spool: Path, flush_timeout: float = 120.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, client: PatientClient, run_id: str, experiment_name: str, spool: Path, flush_timeout: float = 120.0
+    ) -> None:
+        super().__init__()
+        self.client, self.run_id, self.experiment_name = client, run_id, experiment_name
         self.spool, self.flush_timeout = spool, flush_timeout
         self.logged_up_to: dict[str, int] = {}  # metric -> last step logged
         self._sender: MetricSender | None = None
 
     @property
+    def name(self) -> str:
+        return self.experiment_name
+
+    @property
+    def version(self) -> str:
+        return self.run_id
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> PatientClient:
+        return self.client
+
+    @property
     def sender(self) -> MetricSender:
-        if self._sender is None:  # once the run exists (`run_id` creates it)
-            self._sender = MetricSender(self.experiment, self.run_id, self.spool)
+        if self._sender is None:
+            self._sender = MetricSender(self.client.client, self.run_id, self.spool)
         return self._sender
 
     def skip_logged_steps(self) -> None:
         """Read which steps the (continued) stage has logged already."""
         self.logged_up_to = self.sender.logged_steps()
         if not self.logged_up_to:  # a stage logged before spools existed: its run's history says
-            client = self.experiment
-            for key in client.get_run(self.run_id).data.metrics:
-                self.logged_up_to[key] = max(m.step for m in client.get_metric_history(self.run_id, key))
+            for key in self.client.get_run(self.run_id).data.metrics:
+                self.logged_up_to[key] = max(m.step for m in self.client.get_metric_history(self.run_id, key))
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's hyper-parameters (vlmlab logs its whole config on the run instead, `log_config`)."""
+        values = [Param(str(k), str(v)[:6000]) for k, v in dict(params or {}).items()]
+        if values:
+            self.client.log_batch(self.run_id, params=values)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -159,7 +191,7 @@ class StageLogger(MLFlowLogger):
             metrics = {k: v for k, v in metrics.items() if step > self.logged_up_to.get(k, -1)}
             self.logged_up_to.update(dict.fromkeys(metrics, step))
         now = int(time.time() * 1000)
-        values = [  # MLflow's allowed characters in a name (Lightning strips the others alike)
+        values = [  # the characters MLflow allows in a metric's name
             Metric(re.sub(r"[^a-zA-Z0-9_/. -]+", "", key), float(value), now, step or 0)
             for key, value in metrics.items()
             if not isinstance(value, str)
@@ -168,15 +200,11 @@ class StageLogger(MLFlowLogger):
             self.sender.put(values)
 
     @rank_zero_only
-    def finalize(self, status: str = "success") -> None:
-        """Deliver the stage's metrics, then mark its run ended; a server still away delays neither for longer than
-        `flush_timeout`, nor ends the run."""
-        if self._sender is not None:
-            self._sender.close(self.flush_timeout)
-        try:
-            super().finalize(status)
-        except Exception as err:  # the server is away: the run stays RUNNING in MLflow until it is resumed
-            log.warning("could not mark MLflow run %s ended (%s)", self.run_id, err)
+    def finalize(self, status: str) -> None:
+        """Deliver the stage's metrics, then mark its run ended; a server still away delays the stage's end by
+        `flush_timeout` seconds at most, and never ends the run (the sender goes on in the background)."""
+        ended = {"success": "FINISHED", "finished": "FINISHED", "failed": "FAILED"}.get(status, status)
+        self.sender.finish(ended, self.flush_timeout)
 
 
 class CurriculumTracker:
@@ -198,13 +226,14 @@ class CurriculumTracker:
         log and register the last stage's model (`final`), each stage's (`every_stage`), or none (None), under
         `registered_model_name`. `flush_timeout`: seconds a stage's end waits for its metrics to reach the server."""
         self.flush_timeout = flush_timeout
+        self.senders: list[MetricSender] = []  # the stages' metric senders, waited for at the end
         check_registration(register_model, registered_model_name)
         self.register_model = register_model
         self.registered_model_name = registered_model_name
         self.final_model: LoggedVersion | None = None  # the last stage's logged model, once logged
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
-        self.client = tracking_client(tracking_uri)
+        self.client = PatientClient(tracking_client(tracking_uri))
         self.experiment_id = experiment_id(self.client, tracking_uri, experiment_name, artifact_location)
         self.artifact_location = artifact_location
         self.commit = git_commit()
@@ -241,27 +270,26 @@ class CurriculumTracker:
         """The stage's child run, its metrics sent through `<stage_dir>/metrics.jsonl` (`MetricSender`). An existing
         one continues (a resumed stage): the run `run_id`, or the parent's child run of this stage that a run killed
         before recording its id left behind."""
-        spool = {"spool": stage_dir / METRICS_SPOOL, "flush_timeout": self.flush_timeout}
         run_id = run_id or self._existing_stage_run(stage)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
-            logger = StageLogger(
-                experiment_name=self.experiment_name, tracking_uri=self.tracking_uri, run_id=run_id, **spool
-            )
-            logger.skip_logged_steps()
-            return logger
-        tags = {"mlflow.parentRunId": self.parent_run_id, "stage": stage, "init_from": init_from or "config"}
-        tags |= sweep_tags()
-        if self.commit:
-            tags["mlflow.source.git.commit"] = self.commit
-        return StageLogger(
-            experiment_name=self.experiment_name,
-            run_name=stage,
-            tracking_uri=self.tracking_uri,
-            tags=tags,
-            artifact_location=self.artifact_location,
-            **spool,
-        )
+        else:
+            tags = {"mlflow.parentRunId": self.parent_run_id, "stage": stage, "init_from": init_from or "config"}
+            tags |= sweep_tags()
+            if self.commit:
+                tags["mlflow.source.git.commit"] = self.commit
+            run_id = self.client.create_run(self.experiment_id, run_name=stage, tags=tags).info.run_id
+        logger = StageLogger(self.client, run_id, self.experiment_name, stage_dir / METRICS_SPOOL, self.flush_timeout)
+        logger.skip_logged_steps()
+        self.senders.append(logger.sender)
+        return logger
+
+    def backfill(self, stage_dir: Path, run_id: str) -> None:
+        """Send what an ended process left undelivered of a finished stage's metrics, in the background."""
+        sender = backfill(self.client.client, run_id, stage_dir / METRICS_SPOOL) if undelivered(stage_dir) else None
+        if sender is not None:
+            log.info("sending the metrics of stage run %s that an earlier process could not deliver", run_id)
+            self.senders.append(sender)
 
     def _existing_stage_run(self, stage: str) -> str | None:
         runs = self.client.search_runs(
@@ -286,7 +314,10 @@ class CurriculumTracker:
         the stage and the curriculum's run), with the stage run's metrics linked. The last stage's model is also an
         output of the parent run, and the test metrics logged after it are linked to it."""
         tags = {"stage": stage, "curriculum_run_id": self.parent_run_id}
-        logged = log_model(self.tracking_uri, run_id, folder, self.registered_model_name, step, tags)
+        logged = patiently(
+            log_model, f"logging the {stage} stage's model", self.tracking_uri, run_id, folder,
+            self.registered_model_name, step, tags,
+        )  # fmt: skip
         if last_stage:
             self.final_model = logged
             add_model_output(self.client, self.parent_run_id, logged.model_id, step)
@@ -302,7 +333,15 @@ class CurriculumTracker:
         self.client.log_artifact(self.parent_run_id, str(path))
 
     def finish(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.parent_run_id, status=status)
+        """Wait (`flush_timeout` at most) for the stages' metrics still on their way, then mark the curriculum's run
+        ended; a server away at the very end leaves it RUNNING, with a warning."""
+        deadline = time.monotonic() + self.flush_timeout
+        for sender in self.senders:
+            sender.done.wait(max(0.0, deadline - time.monotonic()))
+        try:
+            self.client.client.set_terminated(self.parent_run_id, status=status)
+        except Exception as err:
+            log.warning("could not mark MLflow run %s ended (%s)", self.parent_run_id, err)
 
 
 def log_evaluation_run(cfg: DictConfig, metrics: dict[str, float], artifacts: list[Path], tags: dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -173,7 +173,9 @@ def download_model(uri: str, tracking_uri: str | None, folder: Path) -> Path:
     """Download the logged model a `models:/` URI names into `folder`; returns the vlmlab model folder inside.
     A name, version or store that holds no such model is a ValueError that says which store was asked."""
     try:
-        local = Path(download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=tracking_uri))
+        # A models:/ URI is resolved in the registry of the process's tracking URI, not of `tracking_uri`
+        with using_store(tracking_uri) if tracking_uri else nullcontext():
+            local = Path(download_artifacts(artifact_uri=uri, dst_path=str(folder), tracking_uri=tracking_uri))
     except MlflowException as err:
         store = tracking_uri or mlflow.get_tracking_uri()
         raise ValueError(f"checkpoint={uri}: {err.message} (looked up in the MLflow store {store})") from err

@@ -22,6 +22,7 @@ from vlmlab.eval.scoring import score_splits
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import load_weights
+from vlmlab.tracking.mlflow_runs import undelivered
 from vlmlab.training.distributed import global_rank
 from vlmlab.training.preemption import Preempted
 from vlmlab.training.run_record import STATE_FILE, load_state, resolve_record_path, stages_to_run, write_state
@@ -48,6 +49,12 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
     main = global_rank(devices) == 0
     run_dir, state = load_state(cfg)
     if state.get("finished"):
+        if main and cfg.get("logger") and any(undelivered(run_dir / "stages" / name) for name in state["stages"]):
+            tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id"))
+            for name, record in state["stages"].items():
+                if record.get("run_id"):
+                    tracker.backfill(run_dir / "stages" / name, record["run_id"])
+            tracker.finish()
         results = run_dir / "test_metrics.json"
         print(f"The curriculum in {run_dir} is finished: nothing to resume (its results: {results})")
         return json.loads(results.read_text()) if results.is_file() else {}
@@ -67,6 +74,8 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
         for spec in specs:
             if state["stages"].get(spec.name, {}).get("status") == "done":
                 log.info("stage '%s' is done (%s)", spec.name, state["stages"][spec.name]["weights"])
+                if tracker is not None and state["stages"][spec.name].get("run_id"):
+                    tracker.backfill(run_dir / "stages" / spec.name, state["stages"][spec.name]["run_id"])
                 continue
             seed = cfg.seed + [s.name for s in all_specs].index(spec.name)
             stage = run_stage(cfg, spec, seed, model, init_from, state, run_dir, tracker, main)

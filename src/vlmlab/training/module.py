@@ -169,6 +169,7 @@ class VLMTrainingModule(L.LightningModule):
         self._count_skipped(batch)
         if "input_ids" not in batch:  # every record of this batch was skipped
             return self._zero_loss()
+        self.trained_samples += batch["input_ids"].shape[0]  # drawn and usable (a non-finite loss aside)
         self._batch_flops = self.objective.batch_flops(batch)
         loss = self.batch_loss(batch)
         if not torch.isfinite(loss):
@@ -184,7 +185,6 @@ class VLMTrainingModule(L.LightningModule):
                 "(resume=true); nan_policy=skip would skip such steps instead"
             )
         batch_size = batch["input_ids"].shape[0]
-        self.trained_samples += batch_size
         # train/loss is the global batch's: the mean over this step's micro-batches and processes (each
         # micro-batch's loss is already a mean over its answer tokens, as the gradient is).
         self.window_losses.append(loss.detach())

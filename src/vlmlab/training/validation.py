@@ -6,7 +6,6 @@ from typing import Any
 
 import lightning as L
 import mlflow
-from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from vlmlab.data.chat_format import to_messages
@@ -15,6 +14,7 @@ from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.image_processing import ImageLoadError, read_image
 from vlmlab.eval.generation import generate_answers
 from vlmlab.eval.metrics import build_metrics, metric_values, per_sample_values
+from vlmlab.tracking.mlflow_runs import StageLogger
 from vlmlab.training.distributed import is_sharded
 
 THUMBNAIL = 128  # pixels, longest side of the images in the sample table
@@ -84,7 +84,7 @@ class GenerationValidation(L.Callback):
                 if trainer.is_global_zero:  # rank 0's own rows come first
                     for row, values in zip(scored, per_sample):
                         row["scores"].update(values)
-            if trainer.is_global_zero and isinstance(trainer.logger, MLFlowLogger) and self.table_rows:
+            if trainer.is_global_zero and isinstance(trainer.logger, StageLogger) and self.table_rows:
                 self._log_table(trainer, datamodule, source, rows[: self.table_rows])
 
     @staticmethod
