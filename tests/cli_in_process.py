@@ -1,16 +1,27 @@
-"""A vlmlab command run in this process through its console-script entry point (`main()`, what the installed
-`vlmlab-*` script calls): the real CLI (Hydra's composition, the checks, the one-line errors and exit codes)
-without a new interpreter importing torch, Lightning, transformers and MLflow again (~8 s a command)."""
+"""Running vlmlab's commands from tests. `run_main`: in this process, through a command's console-script entry
+point (`main()`, what the installed `vlmlab-*` script calls): the real CLI (Hydra's composition, the checks, the
+one-line errors and exit codes) without a new interpreter importing torch, Lightning, transformers and MLflow
+again (~8 s a command). `with_tests_importable`: the environment of a command started as a process."""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+
+BIN = Path(sys.executable).parent  # the installed vlmlab-* commands
+REPO = Path(__file__).resolve().parents[1]
+
+
+def with_tests_importable() -> dict[str, str]:
+    """This process's environment with the repository on PYTHONPATH: a command started with it can load the
+    test-only callbacks of tests/scripts (`+callbacks.x._target_=tests.scripts....`)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def run_main(

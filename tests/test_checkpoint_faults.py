@@ -9,10 +9,8 @@ default the kernel ends the process in the middle of it. The run folder is not u
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,12 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.cli_in_process import run_main
+from tests.cli_in_process import BIN, run_main, with_tests_importable
 from tests.conftest import FAST_OVERRIDES
 from vlmlab.cli.train import main as train_main
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 6
 
 
@@ -63,10 +59,26 @@ def straight(workdir: Path, synth_root: Path) -> dict[str, torch.Tensor]:
 def faulted(workdir: Path, synth_root: Path, run: str, kill: bool) -> subprocess.CompletedProcess:
     fault = ["+callbacks.fault._target_=tests.scripts.limit_file_size.LimitFileSize", "+callbacks.fault.stage=instruct"]
     fault += ["+callbacks.fault.step=3", f"+callbacks.fault.kill={str(kill).lower()}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = with_tests_importable()
     env["TMPDIR"] = str(workdir / "tmp")
     command = [str(BIN / "vlmlab-train"), *overrides(run), f"data.root={synth_root}", *fault]
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600, env=env)
+
+
+def resume_to_the_straight_run(
+    run: str,
+    workdir: Path,
+    synth_root: Path,
+    straight: dict[str, torch.Tensor],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """`vlmlab-train resume=outputs/<run>` ends with the uninterrupted run's weights."""
+    args = [*overrides(f"{run}-resumed"), f"data.root={synth_root}", f"resume=outputs/{run}"]
+    code, stderr = run_main(train_main, "vlmlab-train", args, workdir, monkeypatch, capsys)
+    assert code == 0, stderr[-3000:]
+    resumed = load_file(workdir / "outputs" / run / "stages" / "instruct" / "model.safetensors")
+    assert max((resumed[k] - straight[k]).abs().max().item() for k in straight) <= 1e-6
 
 
 def step_of(path: Path) -> int:
@@ -98,14 +110,8 @@ def test_a_checkpoint_write_that_fails_loses_no_work(
     assert step_of(checkpoints / "last.ckpt") == 2  # the previous checkpoint, whole
     assert not list((workdir / "tmp").iterdir())  # nothing went through $TMPDIR
 
-    code, stderr = run_main(
-        train_main, "vlmlab-train", [*overrides(f"{run}-resumed"), f"data.root={synth_root}", f"resume=outputs/{run}"],
-        workdir, monkeypatch, capsys,
-    )  # fmt: skip
-    assert code == 0, stderr[-3000:]
+    resume_to_the_straight_run(run, workdir, synth_root, straight, monkeypatch, capsys)
     assert not list(checkpoints.glob(".*.partial"))
-    resumed = load_file(checkpoints.parent / "model.safetensors")
-    assert max((resumed[k] - straight[k]).abs().max().item() for k in straight) <= 1e-6
 
 
 def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code(
@@ -118,7 +124,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code
     """A scheduler's SIGTERM mid-stage: a checkpoint at the next optimizer step (not inside a gradient
     accumulation), the resume command, exit code 143; the resumed run ends with the uninterrupted run's weights."""
     slow = ["+callbacks.slow._target_=tests.scripts.slow_steps.SleepAfterEachBatch", "+callbacks.slow.seconds=0.5"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = with_tests_importable()
     command = [str(BIN / "vlmlab-train"), *overrides("term"), f"data.root={synth_root}", *slow]
     process = subprocess.Popen(command, cwd=workdir, env=env, stderr=subprocess.PIPE, text=True)
     checkpoints = workdir / "outputs" / "term" / "stages" / "instruct" / "checkpoints"
@@ -132,10 +138,4 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code
     assert f"vlmlab-train: stopped by SIGTERM at step {step}; checkpoint {checkpoints / 'last.ckpt'}; resume" in stderr
     assert "resume=outputs/term" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
 
-    code, stderr = run_main(
-        train_main, "vlmlab-train", [*overrides("term-resumed"), f"data.root={synth_root}", "resume=outputs/term"],
-        workdir, monkeypatch, capsys,
-    )  # fmt: skip
-    assert code == 0, stderr[-3000:]
-    resumed = load_file(checkpoints.parent / "model.safetensors")
-    assert max((resumed[k] - straight[k]).abs().max().item() for k in straight) <= 1e-6
+    resume_to_the_straight_run("term", workdir, synth_root, straight, monkeypatch, capsys)

@@ -9,12 +9,10 @@ The instruct stage trains 110 samples a epoch (vqa 48 + doc 48 + 30 % of 48 capt
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,10 +20,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from tests.cli_in_process import BIN, with_tests_importable
 from tests.conftest import FAST_OVERRIDES
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 30  # instruct stage: optimizer steps of a global batch of 8 (2 accumulated micro-batches of 4)
 DETERMINISTIC_METRICS = ("train/loss", "val/loss", "epoch", "lr-AdamW/encoder", "lr-AdamW/connector", "lr-AdamW/llm")
 # (checkpoint every N optimizer steps, kill at step): a checkpoint at 17 in the middle of epoch 1, killed 3 steps
@@ -51,7 +48,7 @@ def train_command(synth_root: Path, run_dir: str, *extra: str) -> list[str]:
 def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     # A new session: the kill callback kills the run's process group, not pytest.
     # The kill callback lives in tests/scripts.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = with_tests_importable()
     return subprocess.run(
         command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env, start_new_session=True
     )

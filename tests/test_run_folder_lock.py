@@ -4,7 +4,6 @@ run into a finished run's folder is refused too. Runs creating one new MLflow st
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -12,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_in_process import one_line, run_main
+from tests.cli_in_process import BIN, one_line, run_main, with_tests_importable
 from tests.conftest import FAST_OVERRIDES
 from vlmlab.cli.train import main as train_main
-
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_args(synth_root: Path, *extra: str) -> list[str]:
@@ -28,8 +24,8 @@ def run_args(synth_root: Path, *extra: str) -> list[str]:
 def test_a_busy_run_folder_refuses_a_second_run_and_a_resume(
     tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    slow = ["+callbacks.slow._target_=tests.scripts.slow_steps.SleepAfterEachBatch", "+callbacks.slow.seconds=1"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    slow = ["+callbacks.slow._target_=tests.scripts.slow_steps.SleepAfterEachBatch", "+callbacks.slow.seconds=0.5"]
+    env = with_tests_importable()
     first = subprocess.Popen(
         [str(BIN / "vlmlab-train"), *run_args(synth_root, *slow, "hydra.run.dir=shared")],
         cwd=tmp_path,

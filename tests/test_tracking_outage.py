@@ -6,20 +6,17 @@ once."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from tests.cli_in_process import BIN, with_tests_importable
 from tests.conftest import FAST_OVERRIDES
 from tests.mlflow_server import Server
 from vlmlab.tracking.store import tracking_client
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
 ALIGN, INSTRUCT = 10, 6  # optimizer steps of each stage
 OUTAGE = 6.0  # seconds the server is away: past the client's retry budget set below (about 2 s)
 
@@ -41,7 +38,7 @@ def test_training_goes_on_through_a_tracking_server_outage(tmp_path: Path, synth
         ]
     command += ["logger.flush_timeout=1"]  # the stage's end does not wait long for the server
     command += ["~callbacks.generation_validation", "eval.enabled=false", "experiment_name=outage", "hydra.run.dir=run"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = with_tests_importable()
     env |= {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     env |= {"MLFLOW_HTTP_REQUEST_TIMEOUT": "1"}
     training = subprocess.Popen(
