@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from vlmlab.tracking.metric_sender import MetricSender
 from vlmlab.tracking.mlflow_runs import CurriculumTracker
 
 
@@ -35,3 +37,26 @@ def test_a_stage_run_created_before_a_kill_is_continued_not_duplicated(tmp_path:
     assert [r.info.run_id for r in children] == [first.run_id]
     align = resumed.stage_logger("align", init_from=None, stage_dir=tmp_path / "stages" / "align")
     assert align.run_id != first.run_id  # another stage: its own run
+
+
+def test_a_metrics_file_left_by_a_killed_process_is_sent_whole(tmp_path: Path, mlflow_uri: str) -> None:
+    """A kill mid-append leaves a half-written last line, one mid-save an offset file being replaced: the next
+    sender drops the half line and sends the rest once, from the last offset saved."""
+    client = MlflowClient(mlflow_uri)
+    run_id = client.create_run(client.create_experiment("killed-sender")).info.run_id
+    spool = tmp_path / "metrics.jsonl"
+    first = MetricSender(client, run_id, spool)
+    first.put([Metric("train/loss", 2.0, 0, 0)])
+    assert first.finish(None, timeout=60)  # delivered, the run left running
+    spool.open("a").write('[["train/loss", 1.5, 0, 1]]\n[["train/loss", 1.')  # step 1 logged, step 2 cut off
+    spool.with_suffix(".sent.partial").write_text("")  # an offset save that never finished
+    again = MetricSender(client, run_id, spool)
+    assert again.logged_steps() == {"train/loss": 1}
+    again.put([Metric("train/loss", 1.2, 0, 2)])
+    assert again.finish("FINISHED", timeout=60)
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss")) == [
+        (0, 2.0),
+        (1, 1.5),
+        (2, 1.2),
+    ]
+    assert client.get_run(run_id).info.status == "FINISHED"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -38,9 +39,11 @@ class MetricSender:
         self.offset_file = spool.with_suffix(".sent")
         spool.parent.mkdir(parents=True, exist_ok=True)
         spool.touch()
-        self.sent = int(self.offset_file.read_text()) if self.offset_file.is_file() else 0
+        drop_cut_line(spool)
+        self.sent = delivered_bytes(spool)
         self.wake = threading.Event()
         self.end_status: str | None = None  # the run's status once everything is delivered
+        self.finishing = False  # `finish` was called: stop once everything is delivered
         self.done = threading.Event()  # delivered and, if asked, the run ended
         self.unreachable_since: float | None = None
         self.thread = threading.Thread(target=self._run, name=f"mlflow-metrics-{run_id[:8]}", daemon=True)
@@ -67,7 +70,7 @@ class MetricSender:
     def finish(self, status: str | None, timeout: float) -> bool:
         """Deliver the rest, then mark the run `status` (None: leave it); wait for that at most `timeout` seconds.
         Whether it is done; if not, the thread goes on in the background."""
-        self.end_status = status
+        self.end_status, self.finishing = status, True
         self.wake.set()
         done = self.done.wait(timeout)
         if not done:
@@ -102,7 +105,9 @@ class MetricSender:
                 batch += metrics
             self.client.log_batch(self.run_id, metrics=batch)
             self.sent = end
-            self.offset_file.write_text(str(end))
+            partial = self.offset_file.with_suffix(".sent.partial")  # a kill mid-write keeps the previous offset
+            partial.write_text(str(end))
+            os.replace(partial, self.offset_file)
 
     def _run(self) -> None:
         wait = 1.0
@@ -112,7 +117,7 @@ class MetricSender:
             try:
                 if self.pending() > 0:
                     self._send()
-                if self.end_status is not None and self.pending() == 0:
+                if self.finishing and self.end_status is not None and self.pending() == 0:
                     self.client.set_terminated(self.run_id, status=self.end_status)
             except Exception as err:  # unreachable, timed out, failing: keep the values, try again later
                 if self.unreachable_since is None:
@@ -126,15 +131,29 @@ class MetricSender:
                 log.warning("tracking server back after %.0f s: the kept metrics are sent", away)
                 self.unreachable_since = None
             wait = 1.0
-            if self.end_status is not None and self.pending() == 0:
+            if self.finishing and self.pending() == 0:
                 self.done.set()
                 return
+
+
+def drop_cut_line(spool: Path) -> None:
+    """Remove a last line that a killed process left half written (the lines after it would join it)."""
+    with open(spool, "rb+") as file:
+        data = file.read()
+        if data and not data.endswith(b"\n"):
+            file.truncate(data.rfind(b"\n") + 1)
+
+
+def delivered_bytes(spool: Path) -> int:
+    """How much of a metrics file its senders have delivered (`metrics.sent`; 0 when none yet)."""
+    sent = spool.with_suffix(".sent")
+    return int(sent.read_text()) if sent.is_file() else 0
 
 
 def backfill(client: Any, run_id: str, spool: Path) -> MetricSender:
     """A sender for what an ended process left undelivered in a finished stage's `spool`; it then marks the run
     finished."""
     sender = MetricSender(client, run_id, spool)
-    sender.end_status = "FINISHED"
+    sender.end_status, sender.finishing = "FINISHED", True
     sender.wake.set()
     return sender

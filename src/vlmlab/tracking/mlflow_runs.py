@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.errors import UsageError
 from vlmlab.tracking.datasets import DataSplit, log_datasets
-from vlmlab.tracking.metric_sender import MetricSender, backfill
+from vlmlab.tracking.metric_sender import MetricSender, backfill, delivered_bytes
 from vlmlab.tracking.patience import PatientClient, patiently
 from vlmlab.tracking.registry import REGISTER_CHOICES, LoggedVersion, add_model_output, log_model
 from vlmlab.tracking.store import tracking_client
@@ -125,8 +125,7 @@ def check_registration(register_model: str | None, registered_model_name: str | 
 def undelivered(stage_dir: Path) -> bool:
     """Whether a stage's metrics file holds values its sender has not delivered (an ended process left them)."""
     spool = stage_dir / METRICS_SPOOL
-    sent = spool.with_suffix(".sent")
-    return spool.is_file() and spool.stat().st_size > (int(sent.read_text()) if sent.is_file() else 0)
+    return spool.is_file() and spool.stat().st_size > delivered_bytes(spool)
 
 
 class StageLogger(Logger):
