@@ -9,6 +9,7 @@ default the kernel ends the process in the middle of it. The run folder is not u
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import time
@@ -136,6 +137,8 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_with_the_preemption_code
     step = step_of(checkpoints / "last.ckpt")
     assert 2 < step < STEPS
     assert f"vlmlab-train: stopped by SIGTERM at step {step}; checkpoint {checkpoints / 'last.ckpt'}; resume" in stderr
-    assert "resume=outputs/term" in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+    printed = shlex.split(stderr.strip().splitlines()[-1])  # runnable as printed: the script as it was started
+    assert printed[0] == str(BIN / "vlmlab-train") and printed[-1] == "resume=outputs/term"
+    assert "Traceback" not in stderr
 
     resume_to_the_straight_run("term", workdir, synth_root, straight, monkeypatch, capsys)

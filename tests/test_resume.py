@@ -164,13 +164,13 @@ def test_ctrl_c_prints_the_command_that_resumes_a_moved_run_folder(workdir: Path
     assert "vlmlab-train: interrupted; resume where it stopped:" in lines, stopped.stderr[-3000:]
     said = lines.index("vlmlab-train: interrupted; resume where it stopped:")
     command = shlex.split(lines[said + 1])
-    assert command[0] == "vlmlab-train" and command[-1] == "resume=outputs/ctrl-c"
+    assert command[0] == str(BIN / "vlmlab-train") and command[-1] == "resume=outputs/ctrl-c"  # as it was started
     assert not any(arg.startswith("hydra.run.dir=") for arg in command)
 
     moved = workdir / "elsewhere" / "ctrl-c"
     moved.parent.mkdir()
     shutil.move(workdir / "outputs" / "ctrl-c", moved)
-    resume = [str(BIN / "vlmlab-train"), *(a for a in command[1:-1] if not a.startswith("+callbacks.kill"))]
+    resume = [a for a in command[:-1] if not a.startswith("+callbacks.kill")]  # as printed, less the test's kill
     resumed = run([*resume, f"resume={moved}", "hydra.run.dir=outputs/ctrl-c-resumed"], workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected = load_file(workdir / "outputs" / "straight" / "stages" / "instruct" / "model.safetensors")

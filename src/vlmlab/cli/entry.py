@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import difflib
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -18,11 +19,31 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlmlab.config import config_dir
 from vlmlab.errors import USAGE_EXIT_CODE, UsageError
+
+
+def invocation(command: str) -> str:
+    """How to start the console script `command` (e.g. `vlmlab-eval`) as this process's own script was started, so
+    that a printed command runs as printed from the same folder: its bare name where the shell finds that very
+    script, else its path (relative to the working directory when it lies below it)."""
+    script = Path(sys.argv[0])
+    if not script.name.startswith("vlmlab-"):  # started as `python -m vlmlab.cli...` (torchrun)
+        return command
+    path = (script.parent / command).resolve()
+    found = shutil.which(command)
+    if found is not None and Path(found).resolve() == path:
+        return command
+    cwd = Path.cwd().resolve()
+    if not path.is_relative_to(cwd) or cwd == Path(cwd.anchor):
+        return str(path)
+    relative = path.relative_to(cwd)
+    return str(relative) if relative.parent != Path(".") else f"./{relative}"
 
 
 def usage_error(command: str, err: BaseException | str) -> NoReturn:
@@ -57,6 +78,38 @@ def take_free_text(argv: Sequence[str], keys: Sequence[str]) -> tuple[list[str],
     return rest, taken
 
 
+def unknown_field(config_name: str, overrides: Sequence[str]) -> str | None:
+    """What is wrong with the first `key=value` override whose key the composed config does not have, with the
+    closest field as a suggestion; found before Hydra would answer with its `+` advice (one compose, ~0.2 s).
+    None when every such key exists, or when the config does not compose (Hydra then says why)."""
+    plain = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra.")) and "/" not in o.split("=")[0]]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            loader = GlobalHydra.instance().config_loader()
+            fields = [o for o in plain if not loader.get_group_options(o.partition("=")[0])]  # not a group choice
+            if not fields:
+                return None
+            cfg = compose(config_name, overrides=[o for o in overrides if o not in fields])
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+    for override in fields:
+        key = override.partition("=")[0]
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf in node.keys():  # keys() resolves no interpolation
+            continue  # present, or a parent that is missing too (Hydra names it)
+        names = [str(k) for k in node]
+        close = difflib.get_close_matches(leaf, names, n=1, cutoff=0.6)
+        where = parent or "the config"
+        suggestion = f"did you mean {'.'.join(filter(None, [parent, close[0]]))}? " if close else ""
+        listing = f"({where} has {', '.join(names)}); " if parent else ""
+        return f"{key} is not a field of {where}: {suggestion}{listing}a new field is added with +{key}=..."
+    return None
+
+
 def set_free_text(cfg: DictConfig, values: dict[str, str]) -> None:
     """Put verbatim values into the composed config; `${` is escaped so that it stays text."""
     with open_dict(cfg):
@@ -77,6 +130,9 @@ def hydra_command(
     def main() -> Any:
         argv, verbatim = take_free_text(sys.argv[1:], free_text)
         sys.argv[1:] = argv
+        mistake = unknown_field(config_name, [a for a in argv if not a.startswith("-")])
+        if mistake is not None:
+            usage_error(command, mistake)
         started = False
 
         def task(cfg: DictConfig) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vlmlab.cli.entry import hydra_command
+from vlmlab.cli.entry import hydra_command, invocation
 from vlmlab.errors import UsageError
 from vlmlab.preflight import check_before_training
 from vlmlab.training.curriculum import run_curriculum
@@ -54,7 +54,7 @@ def resume_command(run_dir: Path) -> str:
         run_dir = run_dir.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         pass
-    return shlex.join(["vlmlab-train", *overrides, f"resume={run_dir}"])
+    return shlex.join([invocation("vlmlab-train"), *overrides, f"resume={run_dir}"])
 
 
 def claim_run_folder(run_dir: Path, composed: str, resuming: bool) -> None:
