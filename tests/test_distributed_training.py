@@ -154,8 +154,7 @@ def test_a_sharded_checkpoint_resumes_and_converts_for_vlmlab_eval(runs: Path, s
     # vlmlab-eval reads the sharded checkpoint folder (last.ckpt) in one process: the same scores as the stage's file.
     scores = {}
     for name, checkpoint in (("sharded", checkpoints / "last.ckpt"), ("file", run_dir / "stages" / "instruct")):
-        data = [o for o in COMMON if o.startswith("data.")]  # the model: from the run's own config
-        command = [str(BIN / "vlmlab-eval"), *data, f"data.root={synth_root}", f"checkpoint={checkpoint}"]
+        command = [str(BIN / "vlmlab-eval"), f"checkpoint={checkpoint}"]  # the model and data: the run's
         command += [f"hydra.run.dir=eval-{name}", "sources=[vqa]", "max_new_tokens=4"]
         result = subprocess.run(command, cwd=runs, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]

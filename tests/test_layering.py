@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmlab"
 # Lowest first. A package may import its own modules and any lower layer's (not those of its own layer).
 LAYERS = [
-    {"errors"},
+    {"errors", "terminal"},
     {"tracking"},
     {"models"},
     {"data"},

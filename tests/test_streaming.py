@@ -67,7 +67,7 @@ def source_of(fmt: str) -> str:
 
 @pytest.mark.parametrize("fmt", ["llava", "coco_captions", "vqav2", "docvqa", "hf"])
 def test_optimize_leaves_bad_records_out_and_shards_give_the_files_samples(
-    tmp_path: Path, model: VisionLanguageModel, fmt: str
+    tmp_path: Path, model: VisionLanguageModel, fmt: str, capfd: pytest.CaptureFixture
 ) -> None:
     preset, overrides, problems = write_published(tmp_path, fmt)
     source = source_of(fmt)
@@ -76,6 +76,8 @@ def test_optimize_leaves_bad_records_out_and_shards_give_the_files_samples(
     out = tmp_path / "shards"
     workers = 2 if fmt == "vqav2" else 1  # two writers: the items still come back in the split's order
     result = optimize_split(files, source, "train", str(out), {}, num_workers=workers, chunk_bytes="2KB")
+    printed = capfd.readouterr()
+    assert "lightning.ai" not in printed.out + printed.err  # the storage library's advert, in every worker
     assert sorted(result.report.problems) == problems and result.kept == len(result.report.kept) > 0
     meta = read_meta(str(out / source / "train"))
     assert meta["records"] == len(files.records(source, "train")) and meta["kept"] == result.kept

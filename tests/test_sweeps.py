@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import FAST_OVERRIDES
+from vlmlab.tracking.report import collect, report_figure
 
 BIN = Path(sys.executable).parent
 QUICK = [*FAST_OVERRIDES, "eval.enabled=false", "~callbacks.generation_validation", "~callbacks.checkpoint"]
@@ -64,18 +66,35 @@ def test_a_two_point_grid_sweep_gives_two_runs_with_the_sweep_tag_and_a_report(
     table = (tmp_path / "report" / "report.md").read_text().splitlines()
     assert table[0].startswith("| run | caption/bleu_1 |") and "vqa/vqa_accuracy" in table[0]
     assert "model/params/connector | model/image_tokens | tokens_per_sec |" in table[0]
-    rows = {line.split(" | ")[0].removeprefix("| "): line for line in table[2:]}
-    assert set(rows) == {"model/connector=linear", "model/connector=mlp2x_gelu"}
-    assert " | 9 | " in rows["model/connector=linear"]  # 9 image tokens
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in table[2:] if line.startswith("|")}
+    # named as the runs are in MLflow, less the overrides both share
+    assert {r.info.run_name.partition(" · ")[0] for r in runs} == {"llava"}
+    assert {r.info.run_name.split()[-1] for r in runs} == {"connector=linear", "connector=mlp2x_gelu"}
+    assert set(rows) == {"llava · connector=linear", "llava · connector=mlp2x_gelu"}
+    assert " | 9 | " in rows["llava · connector=linear"]  # 9 image tokens
+    score = rows["llava · connector=linear"].split(" | ")[1]  # each score beside its blind baseline
+    assert re.fullmatch(r"\d\.\d{3} \(\d\.\d{3}\)", score), score
     assert (tmp_path / "report" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows_ = collect(  # the plot: runs told apart, baselines beside scores, loss curves, axes that show the data
+        MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "grid", "sweep"
+    )
+    figure = report_figure(rows_)
+    *score_panels, loss_panel = figure.axes
+    steps = [list(line.get_xdata()) for line in loss_panel.get_lines()]  # a curve per run over both stages
+    assert steps == [[1, 2, 3, 4, 5, 6]] * 2 or steps == [[0, 1, 2, 2, 3, 4]] * 2, steps
+    for panel, key in zip(score_panels, sorted(rows_[0].scores)):
+        values = [r.scores[key] for r in rows_] + [r.blind[key] for r in rows_]
+        assert len(panel.patches) == 4  # each run's score and, beside it, its blind baseline
+        assert panel.get_ylim() == (0.0, 1.0) if max(values) == 0 else panel.get_ylim()[1] > max(values)
+    legend = [text.get_text().replace("\n", " ") for text in figure.legends[0].get_texts()]
+    assert legend == [*(r.label for r in rows_), "blind baseline (hatched)"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("grid").experiment_id
     (report_run,) = client.search_runs([experiment], "tags.kind = 'report'")
     assert {a.path for a in client.list_artifacts(report_run.info.run_id)} == {"report.md", "report.png"}
 
     # vlmlab-eval on a sweep point whose connector is not the default: the stage folder says which model it is
-    data = [o for o in QUICK if o.startswith("data.")]
-    command = [str(BIN / "vlmlab-eval"), *data, f"data.root={synth_root}", "checkpoint=sweep/0/stages/instruct"]
+    command = [str(BIN / "vlmlab-eval"), "checkpoint=sweep/0/stages/instruct"]  # its data: the run's
     command += ["sources=[vqa]", "limit=2", "max_new_tokens=2", "blind=false", "track=false", "hydra.run.dir=eval"]
     evaluated = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -63,7 +63,7 @@ def test_fit_lowers_the_loss_and_respects_the_freeze_policy(compose_config) -> N
 
 def test_curriculum_is_tracked_in_mlflow(compose_config, mlflow_uri: str) -> None:
     cfg = compose_config(["experiment_name=curriculum-test", "run_name=two-stages"])
-    metrics = run_curriculum(cfg)
+    metrics = run_curriculum(cfg).metrics
     run_dir = Path(cfg.paths.output_dir)
     saved = json.loads((run_dir / "test_metrics.json").read_text())
     for source, metric in (("caption", "cider"), ("vqa", "vqa_accuracy"), ("doc", "anls")):

@@ -154,6 +154,7 @@ def optimize(args: argparse.Namespace) -> int:
     results = []
     try:
         for source, split in pairs:
+            print(f"{source}/{split}: checking and writing ...", flush=True)
             result = optimize_split(
                 datamodule, source, split, outputs[-1], settings, workers, args.chunk_bytes, args.limit
             )

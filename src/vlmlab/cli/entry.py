@@ -28,6 +28,15 @@ from vlmlab.config import config_dir
 from vlmlab.errors import USAGE_EXIT_CODE, UsageError
 
 
+def shown_path(path: str | Path) -> str:
+    """`path` as a printed command names it: relative to the working directory when it lies below it (so that
+    the command still runs after the project folder moved), else absolute."""
+    path, cwd = Path(path).resolve(), Path.cwd().resolve()
+    if not path.is_relative_to(cwd) or cwd == Path(cwd.anchor):
+        return str(path)
+    return str(path.relative_to(cwd))
+
+
 def invocation(command: str) -> str:
     """How to start the console script `command` (e.g. `vlmlab-eval`) as this process's own script was started, so
     that a printed command runs as printed from the same folder: its bare name where the shell finds that very
@@ -39,11 +48,8 @@ def invocation(command: str) -> str:
     found = shutil.which(command)
     if found is not None and Path(found).resolve() == path:
         return command
-    cwd = Path.cwd().resolve()
-    if not path.is_relative_to(cwd) or cwd == Path(cwd.anchor):
-        return str(path)
-    relative = path.relative_to(cwd)
-    return str(relative) if relative.parent != Path(".") else f"./{relative}"
+    shown = shown_path(path)
+    return shown if "/" in shown else f"./{shown}"
 
 
 def usage_error(command: str, err: BaseException | str) -> NoReturn:
@@ -90,6 +96,8 @@ def unknown_field(config_name: str, overrides: Sequence[str]) -> str | None:
             fields = [o for o in plain if not loader.get_group_options(o.partition("=")[0])]  # not a group choice
             if not fields:
                 return None
+            groups = {o.partition("=")[0].partition(".")[0] for o in fields}
+            presets = {g: options for g in groups if (options := loader.get_group_options(g))}
             cfg = compose(config_name, overrides=[o for o in overrides if o not in fields])
     except Exception:
         return None
@@ -99,6 +107,12 @@ def unknown_field(config_name: str, overrides: Sequence[str]) -> str | None:
         key = override.partition("=")[0]
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(cfg, parent, default=None, throw_on_resolution_failure=False) if parent else cfg
+        group = key.partition(".")[0]
+        if node is None and group not in cfg and group in presets:  # a group left null, e.g. vlmlab-eval's data
+            return (
+                f"{key}: no {group} preset is chosen here ({group}: null), so it has no fields to set; choose one "
+                f"first, e.g. {group}={presets[group][0]} {key}=..."
+            )
         if not isinstance(node, DictConfig) or leaf in node.keys():  # keys() resolves no interpolation
             continue  # present, or a parent that is missing too (Hydra names it)
         names = [str(k) for k in node]

@@ -1,33 +1,61 @@
 """`vlmlab-eval`: score a trained model on a configured dataset; write submission files, per-sample scores,
 metrics and an MLflow run. The model is loaded as `vlmlab-generate` loads it: a stage folder, a vlmlab model
-folder, a Hugging Face LLaVA folder or a Lightning checkpoint, each describing itself."""
+folder, a Hugging Face LLaVA folder or a Lightning checkpoint, each describing itself. Without `data=`, a model
+that a vlmlab-train run wrote is scored as that run scored it (`vlmlab.eval.run_scoring`)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlmlab.cli.common import load_from_command_line
 from vlmlab.cli.entry import hydra_command
 from vlmlab.config import validate_config
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.errors import UsageError
+from vlmlab.eval.run_scoring import read_run_scoring, run_scoring_file
 from vlmlab.eval.scoring import score_splits
 from vlmlab.preflight import check_data_files, check_weights_file
 from vlmlab.tracking.mlflow_runs import log_evaluation_run
+from vlmlab.tracking.registry import is_model_uri
 
 log = logging.getLogger(__name__)
+DEFAULT_MAX_NEW_TOKENS = 48  # a model that no vlmlab-train run wrote
+DEFAULT_SEED = 42
+
+
+def fill_in_as_the_run_scored(cfg: DictConfig) -> None:
+    """The settings left null take the values that the checkpoint's run scored with: its data config (with
+    `data` null), its eval.limit (on its own data), eval.max_new_tokens and seed."""
+    scored = None if is_model_uri(cfg.checkpoint) else read_run_scoring(cfg.checkpoint)
+    with open_dict(cfg):
+        if cfg.get("data") is None:
+            if scored is None:
+                raise UsageError(
+                    f"checkpoint={cfg.checkpoint} was not written by a vlmlab-train run (no .hydra/scoring.yaml "
+                    "in its run folder): say which data to score, e.g. data=vqav2 data.root=/datasets"
+                )
+            cfg.data = scored.data
+            if cfg.limit is None:
+                cfg.limit = scored.eval.limit
+            log.info("scoring as the run scored (%s)", run_scoring_file(cfg.checkpoint))
+        if cfg.max_new_tokens is None:
+            cfg.max_new_tokens = scored.eval.max_new_tokens if scored is not None else DEFAULT_MAX_NEW_TOKENS
+        if cfg.seed is None:
+            cfg.seed = scored.seed if scored is not None else DEFAULT_SEED
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Everything `vlmlab-eval` does after Hydra composed `cfg`; returns the metrics."""
+    check_weights_file(cfg.checkpoint, "checkpoint", model_uri_ok=True)  # before the model is built
+    fill_in_as_the_run_scored(cfg)
     validate_config(cfg)
     sources = list(cfg.sources or [n for n, s in cfg.data.sources.items() if s.get(cfg.split) is not None])
     missing = [n for n in sources if n not in cfg.data.sources or cfg.data.sources[n].get(cfg.split) is None]
     if missing:
         raise ValueError(f"source(s) {missing} have no '{cfg.split}' split in this data config; set `sources`")
-    check_weights_file(cfg.checkpoint, "checkpoint", model_uri_ok=True)  # before the model is built
     check_data_files(cfg, [(name, cfg.split) for name in sources])
     loaded = load_from_command_line(cfg)
     OmegaConf.update(cfg, "data.image_resize", loaded.image_resize)  # as the model was trained

@@ -10,13 +10,16 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vlmlab.cli.entry import hydra_command, invocation
+from vlmlab.cli.entry import hydra_command, invocation, shown_path
+from vlmlab.cli.next_steps import next_steps
 from vlmlab.errors import UsageError
+from vlmlab.eval.run_scoring import write_run_scoring
 from vlmlab.preflight import check_before_training
 from vlmlab.training.curriculum import run_curriculum
 from vlmlab.training.distributed import global_rank
 from vlmlab.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from vlmlab.training.run_lock import lock_run_folder
+from vlmlab.training.run_naming import name_run
 from vlmlab.training.run_record import STATE_FILE, find_run_to_resume
 
 log = logging.getLogger(__name__)
@@ -50,16 +53,13 @@ def resume_command(run_dir: Path) -> str:
     """The command line that resumes `run_dir`: this one's overrides plus `resume=<run_dir>` (its own Hydra
     folder is new: `hydra.run.dir` pointing at the run would overwrite the run's saved config)."""
     overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith(("resume=", "hydra.run.dir="))]
-    try:
-        run_dir = run_dir.resolve().relative_to(Path.cwd().resolve())
-    except ValueError:
-        pass
-    return shlex.join([invocation("vlmlab-train"), *overrides, f"resume={run_dir}"])
+    return shlex.join([invocation("vlmlab-train"), *overrides, f"resume={shown_path(run_dir)}"])
 
 
-def claim_run_folder(run_dir: Path, composed: str, resuming: bool) -> None:
+def claim_run_folder(run_dir: Path, cfg: DictConfig, composed: str, resuming: bool) -> None:
     """Lock the run folder (`vlmlab.training.run_lock`); a new run also refuses a folder that holds a run already,
-    and writes its config (`.hydra/`, as Hydra would have) once the folder is its own."""
+    and writes its config (`.hydra/`, as Hydra would have, and what its test scores will be computed on, for
+    vlmlab-eval) once the folder is its own."""
     lock_run_folder(run_dir)
     if resuming:
         return
@@ -72,21 +72,25 @@ def claim_run_folder(run_dir: Path, composed: str, resuming: bool) -> None:
     saved.mkdir(exist_ok=True)
     (saved / "config.yaml").write_text(composed)
     (saved / "overrides.yaml").write_text(OmegaConf.to_yaml(list(HydraConfig.get().overrides.task)))
+    write_run_scoring(run_dir, cfg)
 
 
 def train(cfg: DictConfig) -> float | None:
     """Everything `vlmlab-train` does after Hydra composed `cfg`; returns `cfg.optimized_metric`'s value."""
     composed = OmegaConf.to_yaml(cfg)  # as Hydra composed it, before the checks fill anything in
     check_before_training(cfg)  # before any weight loads and any MLflow run starts
+    name_run(cfg)
     run_dir = find_run_to_resume(cfg) if cfg.get("resume") else Path(cfg.paths.output_dir)
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
-    if global_rank(devices) == 0:  # the run's other processes belong to the same run
-        claim_run_folder(run_dir, composed, bool(cfg.get("resume")))
+    main = global_rank(devices) == 0  # the run's other processes belong to the same run
+    if main:
+        claim_run_folder(run_dir, cfg, composed, bool(cfg.get("resume")))
+        print(f"vlmlab-train: run folder {shown_path(run_dir)}", flush=True)
     log_lightning_to_run_log()
     if cfg.get("resume"):
         log_into_resumed_run(run_dir)
     try:
-        metrics = run_curriculum(cfg)
+        outcome = run_curriculum(cfg)
     except Preempted as stop:
         print(
             f"\nvlmlab-train: {stop}; resume where it stopped:\n  {resume_command(run_dir)}",
@@ -99,6 +103,9 @@ def train(cfg: DictConfig) -> float | None:
                 f"\nvlmlab-train: interrupted; resume where it stopped:\n  {resume_command(run_dir)}", file=sys.stderr
             )
         raise
+    if main:
+        print(next_steps(cfg, run_dir, outcome), flush=True)
+    metrics = outcome.metrics
     if cfg.get("optimized_metric"):
         if cfg.optimized_metric not in metrics:
             raise UsageError(

@@ -20,6 +20,7 @@ from vlmlab.data.chat_format import SampleError
 from vlmlab.data.conversation_dataset import record_images
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.image_layout import ImageTokenLayout
+from vlmlab.terminal import table_console
 
 SHOWN_IDS = 5  # problem ids listed per reason
 PERCENTILES = (50, 90, 99, 100)
@@ -172,4 +173,4 @@ def print_report(reports: list[SplitReport], max_length: int, console: Console |
             "/".join(str(r.image_token_percentiles().get(p, "-")) for p in (50, 99)),
             problems or "none",
         )
-    (console or Console()).print(table)
+    (console or table_console()).print(table)

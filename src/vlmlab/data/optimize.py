@@ -125,6 +125,7 @@ def optimize_split(
         reorder_files=False,
         mode="overwrite",
         start_method="fork",  # the workers inherit the records instead of unpickling them
+        verbose=False,  # LitData's worker logs and its lightning.ai advert: vlmlab-data prints a line per split
     )
     write_bytes(folder, LENGTHS_FILE, lengths_file(words, images, sizes))
     meta = {

@@ -19,6 +19,7 @@ from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.eval.generation import evaluate_with_blind_baseline
 from vlmlab.eval.submission import submission
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.terminal import table_console
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def print_results(
             score = metrics[f"{split}/{source}/{key}"]
             table.add_row(source, key, f"{score:.3f}", "" if blind is None else f"{blind:.3f}")
             log.info("%s %s %s: %.4f%s", split, source, key, score, "" if blind is None else f" (blind {blind:.4f})")
-    (console or Console()).print(table)
+    (console or table_console()).print(table)
 
 
 def score_splits(

@@ -77,7 +77,11 @@ def check_fits_llava(model: VisionLanguageModel, next_: bool = False) -> None:
         problems.append("the model has LLaVA-NeXT's image_newline token; export it with format=hf_llava_next")
     encoder, connector, llm = model.encoder, model.connector, model.llm
     if not isinstance(encoder, HFVisionEncoder) or encoder.family not in VISION_MODEL_TYPES:
-        kind = f"HFVisionEncoder(family={encoder.family})" if isinstance(encoder, HFVisionEncoder) else type(encoder)
+        kind = (
+            f"HFVisionEncoder(family={encoder.family})"
+            if isinstance(encoder, HFVisionEncoder)
+            else type(encoder).__name__
+        )
         problems.append(f"the encoder is {kind}, LLaVA needs a transformers CLIP or SigLIP vision tower")
     elif encoder._forward_kwargs:
         problems.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -30,7 +31,45 @@ def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, l
         ) from err
     if not isinstance(connector, Connector):
         raise TypeError(f"connector {name} must subclass vlmlab.models.connectors.Connector")
+    unused = unused_patches(connector)
+    if unused:
+        log.warning(
+            "connector %s uses %d of the encoder's %d patches: patch(es) %s never reach its output (a stride or "
+            "a grid that does not divide %d?); the image tokens miss that part of every image",
+            name,
+            connector.num_in_tokens - len(unused),
+            connector.num_in_tokens,
+            ", ".join(map(str, unused[:10])) + (" ..." if len(unused) > 10 else ""),
+            connector.num_in_tokens,
+        )
     return connector
+
+
+def unused_patches(connector: Connector) -> list[int]:
+    """The input positions that no output of `connector` depends on: the gradient of a random mix of its outputs
+    is zero there (one forward and backward on random features, in eval mode, with a generator of its own: the
+    global random state is left as it was). [] when every patch counts, or when nothing reaches the output at
+    all (a zero-initialised layer) or the weights are not materialised."""
+    if any(p.is_meta for p in connector.parameters()):
+        return []
+    generator = torch.Generator().manual_seed(0)
+    parameter = next(connector.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    features = torch.randn(1, connector.num_in_tokens, connector.in_dim, generator=generator, dtype=dtype)
+    features.requires_grad_(True)
+    was_training = connector.training
+    connector.eval()
+    try:
+        with torch.enable_grad():
+            out = connector(features)
+            mix = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+            (grad,) = torch.autograd.grad((out * mix).sum(), features, allow_unused=True)
+    finally:
+        connector.train(was_training)
+    if grad is None:
+        return []
+    reached = grad[0].abs().sum(-1) > 0
+    return [] if not reached.any() else [i for i, hit in enumerate(reached.tolist()) if not hit]
 
 
 def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:

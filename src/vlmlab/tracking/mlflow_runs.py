@@ -38,7 +38,7 @@ from vlmlab.tracking.store import tracking_client
 MAX_PARAM_LENGTH = 250  # MLflow's limit for a param value
 # MLflow's experiment-kind tag and its value for a model-training ("Machine learning") experiment, as the UI's kind
 # selector writes them. MLflow 3.17's UI opens experiments in the view of its own GenAI / Model training switch
-# (kept by the browser; `?workflowType=machine_learning` in the address sets it), whatever the tag: `ui_link`.
+# (kept by the browser; `?workflowType=machine_learning` in the address sets it), whatever the tag: `run_link`.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
@@ -248,12 +248,16 @@ class CurriculumTracker:
     def log_config(self, run_id: str, cfg: DictConfig) -> None:
         log_config(self.client, run_id, cfg)
 
-    def ui_link(self) -> str:
-        """The experiment's page in the MLflow UI (the server's, or `mlflow ui`'s on a local store), in the UI's model
-        training view."""
+    def run_link(self) -> str:
+        """The parent run's page in the MLflow UI (the server's, or `mlflow ui`'s on a local store), in the UI's
+        model training view."""
+        run = f"experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        return f"{self.ui_address()}/#/{run}?workflowType=machine_learning"
+
+    def ui_address(self) -> str:
+        """The server's address, or the one `mlflow ui` serves a local store at."""
         remote = self.tracking_uri.startswith(("http://", "https://"))
-        base = self.tracking_uri.rstrip("/") if remote else UI_ADDRESS
-        return f"{base}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
+        return self.tracking_uri.rstrip("/") if remote else UI_ADDRESS
 
     def log_model_facts(self, parts: dict[str, torch.nn.Module], image_tokens: int) -> None:
         """Parameter count per part (`model/params/<part>`) and image tokens per image, for comparisons."""

@@ -1,8 +1,10 @@
-"""Comparison reports from MLflow: one row per curriculum run of a sweep (or an experiment), the test
-metrics per task, parameters, image tokens and training throughput, as a markdown table and a plot."""
+"""Comparison reports from MLflow: one row per curriculum run of a sweep (or an experiment), named as the run
+is, the test metrics per task beside their blind baselines, parameters, image tokens and training throughput,
+as a markdown table and a plot (with the runs' training loss)."""
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,13 +14,17 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 THROUGHPUT = "train/device/items_per_sec"  # Lightning ThroughputMonitor: LLM tokens per second per device
+LOSS = "train/loss"
+LABEL_WIDTH = 60  # characters of a run's name per legend line
 
 
 @dataclass
 class ReportRow:
     label: str
-    scores: dict[str, float]  # test/<task>/<metric> -> value (blind baselines left out)
+    scores: dict[str, float]  # test/<task>/<metric> -> value (blind baselines apart)
     facts: dict[str, float] = field(default_factory=dict)  # parameters, image tokens, tokens/s
+    blind: dict[str, float] = field(default_factory=dict)  # test/<task>/<metric> -> the blind baseline's value
+    loss: list[tuple[int, float]] = field(default_factory=list)  # (step over all stages, train/loss)
 
 
 def curriculum_runs(client: MlflowClient, experiment: str, sweep: str | None) -> list[Run]:
@@ -38,24 +44,49 @@ def curriculum_runs(client: MlflowClient, experiment: str, sweep: str | None) ->
 
 
 def labels(runs: list[Run]) -> list[str]:
-    """What sets each run apart: the sweep overrides not shared by all runs, else the run name."""
-    overrides = [r.data.tags.get("sweep.overrides", "").split() for r in runs]
-    shared = set.intersection(*(set(o) for o in overrides)) if overrides else set()
-    return [" ".join(o for o in own if o not in shared) or r.info.run_name for r, own in zip(runs, overrides)]
+    """Each run's name (`<experiment> · <what its command line changed>`, `vlmlab.training.run_naming`) less the
+    changes that every run of the report shares; a name given twice gets its order (`#2`)."""
+    heads, changes = [], []
+    for run in runs:
+        head, _, changed = (run.info.run_name or run.info.run_id).partition(" · ")
+        heads.append(head)
+        changes.append(changed.split())
+    shared = set.intersection(*(set(c) for c in changes)) if len(runs) > 1 else set()
+    names = []
+    for head, own in zip(heads, changes):
+        distinct = " ".join(c for c in own if c not in shared)
+        names.append(f"{head} · {distinct}" if distinct else head)
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            names[i] = f"{name} #{seen[name]}"
+    return names
 
 
-def last_stage_throughput(client: MlflowClient, run: Run) -> float | None:
-    """Mean tokens/s per device over the logged values of the run's last stage (None when not measured)."""
-    children = client.search_runs(
+def stage_runs(client: MlflowClient, run: Run) -> list[Run]:
+    """The stage runs of a curriculum run, in the order they ran."""
+    return client.search_runs(
         [run.info.experiment_id],
         f"tags.mlflow.parentRunId = '{run.info.run_id}'",
-        order_by=["attributes.start_time DESC"],
+        order_by=["attributes.start_time ASC"],
     )
-    for child in children[:1]:
-        values = [m.value for m in client.get_metric_history(child.info.run_id, THROUGHPUT)]
-        if values:
-            return sum(values) / len(values)
-    return None
+
+
+def mean_throughput(client: MlflowClient, stage: Run) -> float | None:
+    """Mean tokens/s per device over a stage's logged values (None when not measured)."""
+    values = [m.value for m in client.get_metric_history(stage.info.run_id, THROUGHPUT)]
+    return sum(values) / len(values) if values else None
+
+
+def loss_curve(client: MlflowClient, stages: list[Run]) -> list[tuple[int, float]]:
+    """`train/loss` of every stage, one after the other: a stage's steps start where the previous one ended."""
+    curve: list[tuple[int, float]] = []
+    for stage in stages:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(stage.info.run_id, LOSS))
+        offset = curve[-1][0] if curve else 0
+        curve += [(offset + step, value) for step, value in history]
+    return curve
 
 
 def collect(client: MlflowClient, experiment: str, sweep: str | None = None) -> list[ReportRow]:
@@ -64,15 +95,18 @@ def collect(client: MlflowClient, experiment: str, sweep: str | None = None) -> 
     for run, label in zip(runs, labels(runs)):
         metrics = run.data.metrics
         scores = {k: v for k, v in metrics.items() if k.startswith("test/") and "/blind_" not in k}
+        blind = {k.replace("/blind_", "/"): v for k, v in metrics.items() if k.startswith("test/") and "/blind_" in k}
         facts = {k: v for k, v in metrics.items() if k.startswith("model/")}
-        throughput = last_stage_throughput(client, run)
+        stages = stage_runs(client, run)
+        throughput = mean_throughput(client, stages[-1]) if stages else None
         if throughput is not None:
             facts["tokens_per_sec"] = throughput
-        rows.append(ReportRow(label, scores, facts))
+        rows.append(ReportRow(label, scores, facts, blind, loss_curve(client, stages)))
     return rows
 
 
 def markdown_table(rows: list[ReportRow]) -> str:
+    """A row per run: each score with its blind baseline in brackets, then the model's facts."""
     score_keys = sorted({k for r in rows for k in r.scores})
     fact_keys = [
         k for k in ("model/params/connector", "model/image_tokens", "tokens_per_sec") if any(k in r.facts for r in rows)
@@ -81,10 +115,21 @@ def markdown_table(rows: list[ReportRow]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.label]
-        cells += [f"{row.scores[k]:.3f}" if k in row.scores else "" for k in score_keys]
+        cells += [_score(row.scores.get(k), row.blind.get(k)) for k in score_keys]
         cells += [_fact(k, row.facts.get(k)) for k in fact_keys]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    note = (
+        "\nScores with images; in brackets, the blind baseline (every image blanked).\n"
+        if any(r.blind for r in rows)
+        else ""
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def _score(value: float | None, blind: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.3f}" + ("" if blind is None else f" ({blind:.3f})")
 
 
 def _fact(key: str, value: float | None) -> str:
@@ -95,29 +140,60 @@ def _fact(key: str, value: float | None) -> str:
     return f"{value:.0f}"
 
 
-def plot(rows: list[ReportRow], path: Path) -> None:
-    """One panel per task metric, each with its own y axis (CIDEr-D near 10 must not flatten accuracies near
-    1), one bar per run; a shared legend."""
+def report_figure(rows: list[ReportRow]) -> Figure:
+    """One panel per task metric, each with its own y axis from 0 (CIDEr-D near 10 must not flatten accuracies
+    near 1; an all-zero metric still shows 0 to 1), a bar per run and, beside it, hatched, its blind baseline;
+    below, the training loss of every run over all its stages; the run names in a legend under the panels,
+    wrapped."""
     keys = sorted({k for r in rows for k in r.scores})
     columns = min(4, max(1, len(keys)))
-    lines = -(-max(1, len(keys)) // columns)
-    panel_width = max(2.5, 0.35 * len(rows) + 1.0)
-    figure = Figure(figsize=(min(16.0, panel_width * columns), 2.8 * lines + 1.0))  # no pyplot: no global state
-    axes = figure.subplots(lines, columns, squeeze=False).flatten()
+    score_lines = -(-len(keys) // columns)
+    has_loss = any(r.loss for r in rows)
+    wrapped = [textwrap.fill(row.label, LABEL_WIDTH) for row in rows]
+    heights = [label.count("\n") + 1 for label in wrapped] + [1]  # + the blind baseline's entry
+    legend_lines = sum(max(heights[i : i + 2]) for i in range(0, len(heights), 2))  # two columns
+    legend_height = 0.22 * legend_lines + 0.3
+    height = 2.8 * score_lines + (3.0 if has_loss else 0.0) + legend_height
+    width = min(16.0, max(2.5, 0.6 * len(rows) + 1.0) * columns)
+    figure = Figure(figsize=(max(width, 8.0), height))  # no pyplot: no global state
+    grid = figure.add_gridspec(score_lines + has_loss, columns, height_ratios=[2.8] * score_lines + [3.0] * has_loss)
     colours = [f"C{i % 10}" for i in range(len(rows))]
-    for panel, key in zip(axes, keys):
+    for index, key in enumerate(keys):
+        panel = figure.add_subplot(grid[index // columns, index % columns])
         values = [row.scores.get(key, 0.0) for row in rows]
-        bars = panel.bar(range(len(rows)), values, color=colours)
+        blinds = [row.blind.get(key) for row in rows]
+        positions = range(len(rows))
+        bars = panel.bar([p - 0.2 for p in positions], values, width=0.4, color=colours)
+        panel.bar_label(bars, fmt="%.2f", fontsize="x-small")
+        shown = [(p + 0.2, b, c) for p, b, c in zip(positions, blinds, colours) if b is not None]
+        if shown:
+            panel.bar(
+                [p for p, _, _ in shown],
+                [b for _, b, _ in shown],
+                width=0.4,
+                color="white",
+                edgecolor=[c for _, _, c in shown],
+                hatch="///",
+            )
+        top = max([*values, *(b for b in blinds if b is not None)], default=0.0)
+        panel.set_ylim(0, top * 1.2 if top > 0 else 1.0)
         panel.set_title(key.removeprefix("test/"), fontsize="medium")
         panel.set_xticks([])
-        panel.bar_label(bars, fmt="%.2f", fontsize="x-small")
-        panel.margins(y=0.15)
-    for panel in axes[len(keys) :]:
-        panel.set_visible(False)
-    handles = [Patch(color=colour, label=row.label) for colour, row in zip(colours, rows)]
-    figure.legend(handles=handles, loc="lower center", ncol=min(4, max(1, len(rows))), fontsize="small")
-    figure.tight_layout(rect=(0, 0.12 if rows else 0, 1, 1))
-    figure.savefig(path, dpi=120)
+    if has_loss:
+        panel = figure.add_subplot(grid[score_lines, :])
+        for row, colour in zip(rows, colours):
+            if row.loss:
+                steps, values = zip(*row.loss)
+                panel.plot(steps, values, color=colour, linewidth=1.0)
+        panel.set_xlabel("step (all stages, one after another)")
+        panel.set_ylabel("train loss")
+        panel.set_title("training loss", fontsize="medium")
+    handles = [Patch(color=colour, label=label) for colour, label in zip(colours, wrapped)]
+    if any(r.blind for r in rows):
+        handles.append(Patch(facecolor="white", edgecolor="grey", hatch="///", label="blind baseline (hatched)"))
+    figure.legend(handles=handles, loc="lower center", ncol=min(2, len(handles)), fontsize="small", frameon=False)
+    figure.tight_layout(rect=(0, legend_height / height, 1, 1))
+    return figure
 
 
 def write_report(client: MlflowClient, experiment: str, out: Path, sweep: str | None = None) -> tuple[Path, Path, str]:
@@ -126,7 +202,7 @@ def write_report(client: MlflowClient, experiment: str, out: Path, sweep: str | 
     out.mkdir(parents=True, exist_ok=True)
     table, image = out / "report.md", out / "report.png"
     table.write_text(markdown_table(rows))
-    plot(rows, image)
+    report_figure(rows).savefig(image, dpi=120)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     tags = {"mlflow.runName": "report", "kind": "report", **({"sweep": sweep} if sweep else {})}
     run_id = client.create_run(experiment_id, tags=tags).info.run_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from vlmlab.models.weights import load_weights
 from vlmlab.tracking.mlflow_runs import undelivered
 from vlmlab.training.distributed import global_rank
 from vlmlab.training.preemption import Preempted
+from vlmlab.training.run_naming import name_run
 from vlmlab.training.run_record import STATE_FILE, load_state, resolve_record_path, stages_to_run, write_state
 from vlmlab.training.stage import stage_specs
 from vlmlab.training.stage_runner import run_stage
@@ -33,15 +35,23 @@ from vlmlab.training.stage_tracking import data_splits, log_stage_model
 log = logging.getLogger(__name__)
 
 
-def run_curriculum(cfg: DictConfig) -> dict[str, float]:
+@dataclass
+class CurriculumOutcome:
+    metrics: dict[str, float] = field(default_factory=dict)  # every stage's final metrics and the test scores
+    model: VisionLanguageModel | None = None  # as the last stage left it (None: the run was finished before)
+    run_link: str | None = None  # the parent run's page in the MLflow UI (None without tracking)
+
+
+def run_curriculum(cfg: DictConfig) -> CurriculumOutcome:
     """Train every stage of `cfg.curriculum` (or resume an interrupted run), evaluate on the test splits,
-    return all final metrics.
+    return all final metrics with the trained model.
 
     A resumed run skips finished stages, continues the interrupted one from its `last.ckpt` (weights,
     optimizer, scheduler, loops and the data position) and logs to the same MLflow runs. With several
     processes every rank runs this function; rank 0 alone writes the record, the weights and the MLflow
     runs, and evaluates at the end.
     """
+    name_run(cfg)
     all_specs = stage_specs(cfg)
     specs = stages_to_run(cfg, all_specs)
     L.seed_everything(cfg.seed, workers=True)
@@ -57,7 +67,7 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
             tracker.finish()
         results = run_dir / "test_metrics.json"
         print(f"The curriculum in {run_dir} is finished: nothing to resume (its results: {results})")
-        return json.loads(results.read_text()) if results.is_file() else {}
+        return CurriculumOutcome(json.loads(results.read_text()) if results.is_file() else {})
     done = [s for s in specs if state["stages"].get(s.name, {}).get("status") == "done"]
     init_from = (
         resolve_record_path(state["stages"][done[-1].name]["weights"], run_dir) if done else cfg.get("init_from")
@@ -100,14 +110,14 @@ def run_curriculum(cfg: DictConfig) -> dict[str, float]:
         write_state(run_dir / STATE_FILE, state)
     if tracker is not None:
         tracker.finish()
-    return metrics
+    return CurriculumOutcome(metrics, model, tracker.run_link() if tracker is not None else None)
 
 
 def start_tracking(cfg: DictConfig, model: VisionLanguageModel, state: dict[str, Any], run_dir: Path) -> Any:
     """The curriculum's MLflow tracker: its parent run continued, or created (with the config and the model's
     facts) and recorded at once, so that a run killed from now on resumes into it."""
     tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id"))
-    log.info("MLflow: experiment '%s' at %s", tracker.experiment_name, tracker.ui_link())
+    log.info("MLflow: run '%s' of experiment '%s' at %s", cfg.run_name, tracker.experiment_name, tracker.run_link())
     if "parent_run_id" not in state:
         state["parent_run_id"] = tracker.parent_run_id
         tracker.log_config(tracker.parent_run_id, cfg)

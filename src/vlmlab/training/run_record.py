@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.shards import read_from_shards
 from vlmlab.errors import UsageError
+from vlmlab.training.run_naming import name_run
 from vlmlab.training.stage import StageSpec
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ RESUME_MUST_MATCH = ("model", "data", "curriculum", "seed")
 def find_run_to_resume(cfg: DictConfig) -> Path:
     """The run folder that `resume` names: a folder holding curriculum_state.json, or (`resume=true`) the
     latest unfinished run of this experiment_name and run_name under the working directory's outputs/."""
+    name_run(cfg)
     if cfg.resume is not True:
         run_dir = Path(str(cfg.resume))
         if not (run_dir / STATE_FILE).is_file():
