@@ -68,8 +68,31 @@ def test_the_compose_mlflow_server_answers_the_trainer(tmp_path: Path) -> None:
         for host in (f"localhost:{5000}", f"127.0.0.1:{5000}"):  # a browser on the host, through the port mapping
             assert requests.get(url, headers={"Host": host}, timeout=30).status_code == 200
         assert requests.get(url, headers={"Host": "attacker.example:5000"}, timeout=30).status_code == 403
+        # The service's healthcheck, as Docker runs it in the container (there the server listens on 5000)
+        kind, *check = services["mlflow"]["healthcheck"]["test"]
+        assert kind == "CMD" and check[0] == "python"  # the image has Python, no curl or wget
+        check = [sys.executable, *(a.replace("localhost:5000", f"localhost:{port}") for a in check[1:])]
+        assert subprocess.run(check, timeout=60).returncode == 0
     finally:
         stop(server)
+    assert subprocess.run(check, capture_output=True, timeout=60).returncode != 0  # unhealthy once it is gone
+
+
+def test_the_trainer_waits_for_a_healthy_tracking_server() -> None:
+    services = compose_file()["services"]
+    assert services["trainer"]["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    assert services["mlflow"]["depends_on"] == {"db": {"condition": "service_healthy"}}
+    for name in ("db", "mlflow"):
+        assert services[name]["healthcheck"]["test"], name
+
+
+def test_the_trainers_run_folder_is_git_ignored() -> None:
+    """`../runs:/runs` (the trainer's working directory) is the repository's runs/, which git leaves alone."""
+    mounts = [v.split(":") for v in compose_file()["services"]["trainer"]["volumes"]]
+    (host,) = [h for h, container, *_ in mounts if container == "/runs"]
+    folder = ((REPO / "docker" / host).resolve().relative_to(REPO)).as_posix()
+    rules = {line.strip() for line in (REPO / ".gitignore").read_text().splitlines()}
+    assert rules & {f"/{folder}/", f"{folder}/", f"/{folder}"}, f"{folder}/ is not in .gitignore"
 
 
 def stop(server: subprocess.Popen) -> None:

@@ -146,8 +146,9 @@ def test_chat_through_a_pipe(stage: Path, assistant: Assistant, images: list[Pat
 
 
 def readme_command(marker: str) -> list[str]:
-    """The README's example command line that contains `marker`, split as the shell splits it."""
-    line = next(line for line in Path("README.md").read_text().splitlines() if marker in line)
+    """The manual's example command line (docs/using-a-model.md) that contains `marker`, split as the shell
+    splits it."""
+    line = next(line for line in Path("docs/using-a-model.md").read_text().splitlines() if marker in line)
     return shlex.split(line)
 
 

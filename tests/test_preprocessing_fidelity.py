@@ -62,7 +62,7 @@ from vlmlab.interop.hf_llava import batch_from_processor, export_hf_llava
 from vlmlab.models.encoders import HFVisionEncoder, ImagePreprocessing, TimmVisionEncoder
 from vlmlab.models.encoders.hf_preprocessing import processor_recipe
 
-README = Path(__file__).parents[1] / "README.md"
+README = Path(__file__).parents[1] / "docs" / "using-a-model.md"  # the manual's page that holds the snippet
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 HALF = [0.5, 0.5, 0.5]
 SIZES = {"wide": (22, 90), "tall": (100, 24), "squarish": (45, 50), "odd": (37, 31)}  # (height, width)
@@ -424,7 +424,7 @@ def test_export_after_import_gives_back_the_checkpoints_processor(
 
 
 def readme_snippet() -> str:
-    """The README's Python snippet that answers with an exported model in transformers."""
+    """The manual's Python snippet (docs/using-a-model.md) that answers with an exported model in transformers."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     return next(b for b in blocks if "LlavaForConditionalGeneration.from_pretrained" in b)
 
@@ -459,5 +459,5 @@ def test_vlmlab_generate_answers_as_transformers_and_the_readme_snippet(
     snippet = snippet.replace("cat.png", str(pictures["wide"])).replace("What is on the mat?", REQUESTS[0][0])
     printed = StringIO()
     with redirect_stdout(printed):
-        exec(compile(snippet.replace("max_new_tokens=64", "max_new_tokens=6"), "README.md", "exec"), {})
+        exec(compile(snippet.replace("max_new_tokens=64", "max_new_tokens=6"), "docs/using-a-model.md", "exec"), {})
     assert printed.getvalue().strip() == answers[0]

@@ -75,9 +75,11 @@ class JobEnd(Callback):
         hydra = job_return.hydra_cfg.hydra
         run_dir = Path(hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED:
-            error = job_return._return_value  # the exception; `return_value` would raise it here
-            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-            (run_dir / ERROR_FILE).write_text(text)
+            try:
+                job_return.return_value  # noqa: B018 (a failed job's return_value raises its exception)
+            except BaseException as error:  # noqa: BLE001 (whatever the job raised is written down)
+                text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+                (run_dir / ERROR_FILE).write_text(text)
         if hydra.runtime.choices.get("gpu_check") in self.keep:
             return
         heavy = [*run_dir.glob("stages/*/model.safetensors"), *run_dir.glob("stages/*/checkpoints")]

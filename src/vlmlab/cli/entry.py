@@ -144,7 +144,7 @@ def hydra_command(
     def main() -> Any:
         argv, verbatim = take_free_text(sys.argv[1:], free_text)
         sys.argv[1:] = argv
-        mistake = unknown_field(config_name, [a for a in argv if not a.startswith("-")])
+        mistake = unknown_field(config_name, [a for a in argv if "=" in a or a.startswith("~")])  # not --cfg job
         if mistake is not None:
             usage_error(command, mistake)
         started = False

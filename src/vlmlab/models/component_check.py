@@ -132,7 +132,7 @@ def check_connector_config(node: DictConfig, field: str = "model.connector") -> 
     if not (inspect.isclass(connector_class) and issubclass(connector_class, Connector)):
         raise UsageError(
             f"{field}._target_={node._target_} is not a subclass of vlmlab.models.connectors.Connector; "
-            "subclass it (see the README's section on extending)"
+            "subclass it (see docs/extending.md)"
         )
     parameters, _ = _signature(connector_class)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
