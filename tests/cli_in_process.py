@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 
 BIN = Path(sys.executable).parent  # the installed vlmlab-* commands
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,8 @@ def run_main(
     capsys: pytest.CaptureFixture | None = None,
 ) -> tuple[int, str]:
     """(exit code, stderr) of `command args...` run from `cwd` (stderr only with `capsys`). The logging handlers
-    Hydra installs for the command (writing to this test's captured streams) are removed afterwards."""
+    Hydra installs for the command (writing to this test's captured streams) and its HydraConfig (which would
+    name a later test's runs) are removed afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     monkeypatch.chdir(cwd)
@@ -48,6 +50,7 @@ def run_main(
         code = exit_.code if isinstance(exit_.code, int) else 1
     finally:
         GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # a later test composing outside a command must not see this one's
         for handler in root.handlers[:]:
             if handler not in handlers:
                 root.removeHandler(handler)

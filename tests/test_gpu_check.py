@@ -7,7 +7,6 @@ import json
 import math
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,11 @@ def numbers(node: Any) -> Iterator[float]:
 
 
 @pytest.mark.skipif(CUDA_HERE, reason="a CUDA machine: the script would run the real check")
-def test_without_cuda_it_stops_at_once_with_its_own_exit_code(tmp_path: Path) -> None:
-    start = time.monotonic()
+def test_without_cuda_it_stops_before_any_work_with_its_own_exit_code(tmp_path: Path) -> None:
     result = subprocess.run([str(CHECK), str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
     assert result.returncode == NO_CUDA_EXIT, result.stderr
-    assert time.monotonic() - start < 5
     assert "no CUDA device" in result.stderr and "--dry-run" in result.stderr
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()  # no section started: nothing written (no wall-clock bound: load varies)
 
 
 def test_dry_run_runs_every_section_on_the_cpu(tmp_path: Path) -> None:

@@ -1,16 +1,18 @@
-"""The package's layers import only downward (shared/DESIGN.md): a module of one layer never imports a module
-of a layer above it, and no package imports another that imports it back."""
+"""The package's layers import only downward (docs/architecture.md, whose table this file holds equal to LAYERS):
+a module of one layer never imports a module of a layer above it, and no package imports another that imports it
+back."""
 
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmlab"
 # Lowest first. A package may import its own modules and any lower layer's (not those of its own layer).
 LAYERS = [
-    {"errors", "terminal"},
+    {"errors", "terminal", "dependency_corners"},
     {"tracking"},
     {"models"},
     {"data"},
@@ -52,7 +54,14 @@ def imports() -> dict[str, set[tuple[str, str]]]:
 def test_every_package_has_a_layer() -> None:
     packages = {p.name.removesuffix(".py") for p in PACKAGE.iterdir() if p.suffix == ".py" or p.is_dir()}
     packages -= {"__init__", "__pycache__", "conf"}
-    assert packages == set(LEVEL), "add the new package to LAYERS (and to shared/DESIGN.md's picture)"
+    assert packages == set(LEVEL), "add the new package to LAYERS (and to docs/architecture.md's table)"
+
+
+def test_the_architecture_page_shows_these_layers() -> None:
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| (\d+) \| ((?:`\w+`(?:, )?)+) \|", page, flags=re.MULTILINE)
+    documented = {int(level): set(re.findall(r"`(\w+)`", names)) for level, names in rows}
+    assert documented == dict(enumerate(LAYERS)), documented
 
 
 def test_imports_only_go_down() -> None:

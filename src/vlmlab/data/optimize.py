@@ -35,6 +35,7 @@ from vlmlab.data.shards import (
     remove_meta,
     write_bytes,
 )
+from vlmlab.dependency_corners import hf_table_fingerprint
 from vlmlab.errors import UsageError
 
 
@@ -61,7 +62,7 @@ def input_fingerprint(records: Any, settings: dict[str, Any]) -> str:
     An HF table is taken by its own content fingerprint."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     if isinstance(records, HFRecords):
-        digest.update(f"hf:{records.table._fingerprint}:{sorted(records.columns.items())}".encode())
+        digest.update(f"hf:{hf_table_fingerprint(records.table)}:{sorted(records.columns.items())}".encode())
         return digest.hexdigest()
     for record in records:
         digest.update(json.dumps(record, sort_keys=True, default=_digest_default).encode())

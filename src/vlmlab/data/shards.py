@@ -25,6 +25,7 @@ import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from vlmlab.data.record_store import lengths_from_counts
+from vlmlab.dependency_corners import read_whole_chunks, storage_provider
 
 Record = dict[str, Any]
 META_FILE = "vlmlab.json"
@@ -47,11 +48,9 @@ def read_bytes(folder: str, name: str) -> bytes:
     usual AWS_* / GOOGLE_* settings, AWS_ENDPOINT_URL included)."""
     if not is_url(folder):
         return Path(folder, name).read_bytes()
-    from litdata.streaming.fs_provider import _get_fs_provider
-
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, name)
-        _get_fs_provider(folder).download_file(join(folder, name), local)
+        storage_provider(folder).download_file(join(folder, name), local)
         return Path(local).read_bytes()
 
 
@@ -60,12 +59,10 @@ def write_bytes(folder: str, name: str, data: bytes) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         Path(folder, name).write_bytes(data)
         return
-    from litdata.streaming.fs_provider import _get_fs_provider
-
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, name)
         Path(local).write_bytes(data)
-        _get_fs_provider(folder).upload_file(local, join(folder, name))
+        storage_provider(folder).upload_file(local, join(folder, name))
 
 
 def read_meta(folder: str) -> dict[str, Any] | None:
@@ -130,9 +127,7 @@ def remove_meta(folder: str) -> None:
     if not is_url(folder):
         Path(folder, META_FILE).unlink(missing_ok=True)
         return
-    from litdata.streaming.fs_provider import _get_fs_provider
-
-    provider = _get_fs_provider(folder)
+    provider = storage_provider(folder)
     if provider.exists(join(folder, META_FILE)):
         provider.delete_file_or_directory(join(folder, META_FILE))
 
@@ -179,7 +174,7 @@ class ShardRecords(Sequence[Record]):
             logging.getLogger("litdata").setLevel(logging.WARNING)  # two INFO lines per opening, in every worker
             dataset = StreamingDataset(self.path, cache_dir=self.cache_dir, max_cache_size=self.max_cache_size)
             # Whole chunks into the cache rather than one ranged read per item: the sampler reads chunk by chunk.
-            dataset._on_demand_bytes = False
+            read_whole_chunks(dataset)
             self._dataset, self._opened_in = dataset, os.getpid()
         return self._dataset
 

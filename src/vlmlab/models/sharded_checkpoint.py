@@ -20,10 +20,9 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
-from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+from vlmlab.dependency_corners import dcp_load_in_one_process, dcp_planner_that_builds_the_state_dict
 from vlmlab.errors import UsageError
 
 METADATA_FILE = ".metadata"
@@ -88,7 +87,7 @@ class SafeReader(FileSystemReader):
         return metadata
 
 
-class PlainDataPlanner(_EmptyStateDictLoadPlanner):
+class PlainDataPlanner(dcp_planner_that_builds_the_state_dict()):  # type: ignore[misc]
     """Rebuilds the saved state dict (the keys asked for); a non-tensor item is loaded only once it has loaded as
     plain data (`weights_only=True`)."""
 
@@ -119,8 +118,7 @@ def what_it_needs(err: Exception) -> str:
 def _load(folder: Path, keys: set[str]) -> dict[str, Any]:
     state: dict[str, Any] = {}
     try:
-        # As torch's own `dcp_to_torch_save` reads a folder into one process (the public `load` fills a copy)
-        _load_state_dict(state, storage_reader=SafeReader(folder), planner=PlainDataPlanner(keys=keys), no_dist=True)
+        dcp_load_in_one_process(state, SafeReader(folder), PlainDataPlanner(keys=keys))
     except CheckpointException as err:  # torch wraps what the reader raised, per rank
         for exc, _trace in err.failures.values():
             if isinstance(exc, UnsafeCheckpointError):

@@ -29,8 +29,9 @@ from mlflow.entities import LoggedModelOutput, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from vlmlab.dependency_corners import mlflow_tracking_uri
 
 LOADER_MODULE = "vlmlab.inference.pyfunc"  # defines _load_pyfunc(data_path); named, not imported (see above)
 MODEL_URI_PREFIX = "models:/"
@@ -112,7 +113,7 @@ def using_store(tracking_uri: str) -> Iterator[None]:
     a while. (MLflow's helper unsets $MLFLOW_TRACKING_URI on the way out when no URI was set: kept as it was.)"""
     environment = os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        with _use_tracking_uri(tracking_uri):
+        with mlflow_tracking_uri(tracking_uri):
             yield
     finally:
         if environment is not None:
