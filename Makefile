@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/vlmlab-train experiment=demo
 
-# In parallel worker processes (pytest-xdist), one test file per worker at a time: a file's fixtures are built once.
+# In parallel worker processes (pytest-xdist), one test file per worker at a time: a file's fixtures are built once;
+# the 20 slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/pytest -n auto --dist loadfile
+	$(BIN)/pytest -n auto --dist loadfile --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
