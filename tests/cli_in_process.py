@@ -1,12 +1,14 @@
-"""Running vlmlab's commands from tests. `run_main`: in this process, through a command's console-script entry
-point (`main()`, what the installed `vlmlab-*` script calls): the real CLI (Hydra's composition, the checks, the
-one-line errors and exit codes) without a new interpreter importing torch, Lightning, transformers and MLflow
-again (~8 s a command). `with_tests_importable`: the environment of a command started as a process."""
+"""Running vlmlab's commands (and the servers they talk to) from tests. `run_main`: in this process, through a
+command's console-script entry point (`main()`, what the installed `vlmlab-*` script calls): the real CLI (Hydra's
+composition, the checks, the one-line errors and exit codes) without a new interpreter importing torch, Lightning,
+transformers and MLflow again (~8 s a command). `with_tests_importable`: the environment of a command started as a
+process. `free_port`: a port for a server a test starts."""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,13 @@ def with_tests_importable() -> dict[str, str]:
     """This process's environment with the repository on PYTHONPATH: a command started with it can load the
     test-only callbacks of tests/scripts (`+callbacks.x._target_=tests.scripts....`)."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server or a process group a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_main(

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.cli_in_process import BIN
 from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
-
-BIN = Path(sys.executable).parent
 
 
 def run_cli(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:

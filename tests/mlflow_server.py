@@ -6,25 +6,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent
+from tests.cli_in_process import BIN, free_port
 
 
 class Server:
     """`mlflow server` on the store, started in the background; `url` waits until it answers."""
 
     def __init__(self, store: str, log: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.store, self.log = store, log
         self.start()
 

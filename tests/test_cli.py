@@ -7,16 +7,15 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.cli_in_process import BIN
 from tests.conftest import FAST_OVERRIDES, MODEL_OVERRIDES
 from tests.published_formats import bad_llava_dataset, write_docvqa
 
-BIN = Path(sys.executable).parent
 SYNTHETIC_METRICS = {  # what the synthetic sources are scored with, and their blind baselines
     "caption": ["cider", *(f"bleu_{n}" for n in range(1, 5))],
     "vqa": ["vqa_accuracy", "exact_match"],

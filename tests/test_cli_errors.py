@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +12,11 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
+from tests.cli_in_process import BIN
 from tests.conftest import FAST_OVERRIDES
 from vlmlab.errors import UsageError
 from vlmlab.preflight import check_before_training
 
-BIN = Path(sys.executable).parent
 USAGE_ERROR = 2
 
 

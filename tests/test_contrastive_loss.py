@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
+from tests.cli_in_process import free_port
 from vlmlab.eval.retrieval import RetrievalRecall
 from vlmlab.models.contrastive_loss import clip_loss, siglip_loss
 
@@ -81,12 +81,6 @@ def _worker(rank: int, port: int, out: str) -> None:
         Path(out, f"rank{rank}.json").write_text(json.dumps(results))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_equal_open_clip_and_use_the_global_batch(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +14,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from tests.cli_in_process import BIN
 from tests.conftest import FAST_OVERRIDES
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 
-BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
 DATA = SynthConfig(seed=0, image_size=48, num_train=128, num_val=32, num_test=8, train_turns=1)

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +15,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from tests.cli_in_process import BIN, free_port
 from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
 
-BIN = Path(sys.executable).parent
 # instruct: optimizer steps of a global batch of 8 = 4 per process x 2 processes, or 4 x 2 accumulated. An epoch
 # is 110 samples (vqa 48 + doc 48 + 14 captions): 13 steps and a remainder of 6, on 1 process as on 2.
 STEPS = 16
@@ -160,12 +158,6 @@ def test_a_sharded_checkpoint_resumes_and_converts_for_vlmlab_eval(runs: Path, s
         assert result.returncode == 0, result.stderr[-3000:]
         scores[name] = json.loads((runs / f"eval-{name}" / "metrics.json").read_text())
     assert scores["sharded"] == scores["file"] and "test/vqa/vqa_accuracy" in scores["file"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_nodes_under_torchrun_train_like_one_process(runs: Path, synth_root: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,20 +14,14 @@ from urllib.parse import urlparse
 import requests
 import yaml
 
+from tests.cli_in_process import BIN, free_port
 from vlmlab.tracking.mlflow_runs import COMMIT_ENV, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def compose_file() -> dict:
     return yaml.safe_load((REPO / "docker" / "compose.yaml").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_compose_mlflow_server_answers_the_trainer(tmp_path: Path) -> None:

@@ -31,7 +31,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ import requests
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.cli_in_process import BIN, REPO, run_main
+from tests.cli_in_process import BIN, REPO, free_port, run_main
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 README_MAX_LINES = 300
@@ -167,12 +166,6 @@ def sweep(args: list[str]) -> Iterator[list[str]]:
         else:
             choices.append([arg])
     yield from (list(job) for job in itertools.product(*choices))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class World:

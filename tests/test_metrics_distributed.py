@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.cli_in_process import free_port
 from tests.official_answer_cases import ANLS_CASES, VQA_CASES
 from vlmlab.eval.metrics import METRICS, build_metrics, metric_values
 
@@ -55,12 +55,6 @@ def _worker(rank: int, port: int, out: str) -> None:
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_give_the_single_process_scores(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.cli_in_process import BIN, one_line, run_main
+from tests.cli_in_process import BIN, free_port, one_line, run_main
 from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
 from vlmlab.cli.entry import invocation
 from vlmlab.cli.generate import main as generate_main
@@ -149,9 +148,7 @@ def test_a_run_prints_its_folder_and_the_next_commands_which_run_as_printed(
     # `mlflow ui` as printed (on a free port instead of 5000: tests run side by side) serves the run it names
     link = next(line for line in stdout if "start its UI, then open " in line).split("then open ")[1]
     run_id = link.split("/runs/")[1].split("?")[0]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     ui = subprocess.Popen(
         [*steps["mlflow"], "--port", str(port), "--workers", "1"],

@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from tests.cli_in_process import BIN
 from tests.conftest import FAST_OVERRIDES
 from vlmlab.errors import UsageError
 from vlmlab.models.component_check import check_connector_config
 
-BIN = Path(sys.executable).parent
 PROJECTOR = """
 import torch
 from torch import nn

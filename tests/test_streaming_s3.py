@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.cli_in_process import free_port
 from tests.published_formats import write_vqav2
 from tests.test_formats import data_config
 from vlmlab.data.datamodule import VLMDataModule
@@ -58,9 +58,7 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
 def s3_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A bucket on a local moto S3 server, with the AWS_* settings that boto3, LitData and obstore read."""
     cert, key = self_signed_certificate(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port), "-c", str(cert), "-k", str(key)],
         stdout=subprocess.DEVNULL,

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 from mlflow.tracking import MlflowClient
 
+from tests.cli_in_process import BIN
 from tests.conftest import FAST_OVERRIDES
 from vlmlab.tracking.report import collect, report_figure
 
-BIN = Path(sys.executable).parent
 QUICK = [*FAST_OVERRIDES, "eval.enabled=false", "~callbacks.generation_validation", "~callbacks.checkpoint"]
 
 
