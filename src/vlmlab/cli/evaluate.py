@@ -15,7 +15,7 @@ from vlmlab.cli.entry import hydra_command
 from vlmlab.config import validate_config
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.errors import UsageError
-from vlmlab.eval.run_scoring import read_run_scoring, run_scoring_file
+from vlmlab.eval.run_scoring import run_scoring_file
 from vlmlab.eval.scoring import score_splits
 from vlmlab.preflight import check_data_files, check_weights_file
 from vlmlab.tracking.mlflow_runs import log_evaluation_run
@@ -29,7 +29,8 @@ DEFAULT_SEED = 42
 def fill_in_as_the_run_scored(cfg: DictConfig) -> None:
     """The settings left null take the values that the checkpoint's run scored with: its data config (with
     `data` null), its eval.limit (on its own data), eval.max_new_tokens and seed."""
-    scored = None if is_model_uri(cfg.checkpoint) else read_run_scoring(cfg.checkpoint)
+    record = None if is_model_uri(cfg.checkpoint) else run_scoring_file(cfg.checkpoint)
+    scored = None if record is None else OmegaConf.load(record)
     with open_dict(cfg):
         if cfg.get("data") is None:
             if scored is None:
@@ -40,7 +41,7 @@ def fill_in_as_the_run_scored(cfg: DictConfig) -> None:
             cfg.data = scored.data
             if cfg.limit is None:
                 cfg.limit = scored.eval.limit
-            log.info("scoring as the run scored (%s)", run_scoring_file(cfg.checkpoint))
+            log.info("scoring as the run scored (%s)", record)
         if cfg.max_new_tokens is None:
             cfg.max_new_tokens = scored.eval.max_new_tokens if scored is not None else DEFAULT_MAX_NEW_TOKENS
         if cfg.seed is None:

@@ -57,7 +57,8 @@ def example_from_test_split(data: DictConfig) -> tuple[Path, str] | None:
     for name, source in sources.items():
         if not source.get("test") or source.get("format") in ("hf", "streaming"):
             continue
-        for record in list(read_split(name, source, "test"))[:20]:
+        records = read_split(name, source, "test")
+        for record in (records[i] for i in range(min(20, len(records)))):  # decodes only the records looked at
             images = record.get("image") or []
             turns = record.get("conversations") or []
             if len(images) == 1 and turns and Path(images[0]).is_file():

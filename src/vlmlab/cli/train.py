@@ -19,7 +19,6 @@ from vlmlab.training.curriculum import run_curriculum
 from vlmlab.training.distributed import global_rank
 from vlmlab.training.preemption import PREEMPTED_EXIT_CODE, Preempted
 from vlmlab.training.run_lock import lock_run_folder
-from vlmlab.training.run_naming import name_run
 from vlmlab.training.run_record import STATE_FILE, find_run_to_resume
 
 log = logging.getLogger(__name__)
@@ -79,7 +78,6 @@ def train(cfg: DictConfig) -> float | None:
     """Everything `vlmlab-train` does after Hydra composed `cfg`; returns `cfg.optimized_metric`'s value."""
     composed = OmegaConf.to_yaml(cfg)  # as Hydra composed it, before the checks fill anything in
     check_before_training(cfg)  # before any weight loads and any MLflow run starts
-    name_run(cfg)
     run_dir = find_run_to_resume(cfg) if cfg.get("resume") else Path(cfg.paths.output_dir)
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
     main = global_rank(devices) == 0  # the run's other processes belong to the same run

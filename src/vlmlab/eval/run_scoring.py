@@ -28,9 +28,3 @@ def run_scoring_file(checkpoint: str | Path) -> Path | None:
         if (folder / SCORING_FILE).is_file():
             return folder / SCORING_FILE
     return None
-
-
-def read_run_scoring(checkpoint: str | Path) -> DictConfig | None:
-    """`data`, `eval` and `seed` as the run that wrote `checkpoint` scored (see `run_scoring_file`)."""
-    path = run_scoring_file(checkpoint)
-    return None if path is None else OmegaConf.load(path)
