@@ -81,7 +81,8 @@ def test_a_mistyped_field_is_answered_with_the_closest_one_at_once(
     assert not list(tmp_path.iterdir())  # nothing composed further, nothing written
 
 
-TINY_DEMO = [*FAST_OVERRIDES, *DEMO_PRETRAIN_OVERRIDES]  # demo_quick's model and stages at the tests' size
+# demo_quick's model and stages at the tests' size, with its own loader workers (the demo's default, not the tests' 0)
+TINY_DEMO = [o for o in [*FAST_OVERRIDES, *DEMO_PRETRAIN_OVERRIDES] if not o.startswith("data.num_workers=")]
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,11 @@ from torch.distributed.checkpoint import FileSystemReader
 from tests.cli_in_process import one_line, run_main
 from tests.conftest import FAST_OVERRIDES
 from vlmlab.cli.evaluate import main as eval_main
+from vlmlab.cli.evaluate import run_data_under_this_policy
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.train import main as train_main
 from vlmlab.errors import UsageError
+from vlmlab.eval.run_scoring import write_run_scoring
 from vlmlab.inference.loading import load_model
 from vlmlab.models.sharded_checkpoint import check_sharded_checkpoint
 from vlmlab.models.trust import check_targets, is_trusted, searchpath_targets
@@ -199,3 +201,27 @@ def test_a_plug_in_run_loads_when_its_config_folder_is_named(tmp_path: Path) -> 
         load_model(folder)
     with pytest.raises(UsageError, match="no module named 'my_missing_pkg'"):  # trusted: now it is looked up
         load_model(folder, trusted_targets=["my_missing_pkg"])
+
+
+def test_a_foreign_runs_scoring_record_generates_nothing_and_reads_under_this_policy(
+    tmp_path: Path,
+    compose_config,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """vlmlab-eval without data= takes the data a run scored from its folder: a folder from someone else whose
+    record points the synthetic generator elsewhere and lifts the image limits gets neither."""
+    elsewhere = tmp_path / "elsewhere"
+    lifted = [f"data.root={elsewhere}", "data.allow_outside_images=true", "data.max_image_pixels=999999999999"]
+    run = tmp_path / "foreign-run"
+    (run / "stages" / "instruct").mkdir(parents=True)
+    (run / "stages" / "instruct" / "model.safetensors").write_bytes(b"")
+    record = write_run_scoring(run, compose_config(lifted))
+    checkpoint = [f"checkpoint={run}/stages/instruct"]
+    code, stderr = run_main(eval_main, "vlmlab-eval", checkpoint, tmp_path, monkeypatch, capsys)
+    assert code == USAGE_ERROR
+    line = one_line(stderr, "vlmlab-eval")
+    assert "data files not found" in line and str(elsewhere) in line  # named, not generated
+    assert not elsewhere.exists()
+    policy = run_data_under_this_policy(OmegaConf.load(record).data)
+    assert policy.synthetic is None and policy.allow_outside_images is False and policy.max_image_pixels == 64_000_000

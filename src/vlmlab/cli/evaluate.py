@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlmlab.cli.common import load_from_command_line
 from vlmlab.cli.entry import hydra_command
-from vlmlab.config import validate_config
+from vlmlab.config import config_dir, validate_config
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.errors import UsageError
 from vlmlab.eval.run_scoring import run_scoring_file
@@ -28,7 +28,8 @@ DEFAULT_SEED = 42
 
 def fill_in_as_the_run_scored(cfg: DictConfig) -> None:
     """The settings left null take the values that the checkpoint's run scored with: its data config (with
-    `data` null), its eval.limit (on its own data), eval.max_new_tokens and seed."""
+    `data` null, under this installation's reading limits), its eval.limit (on its own data), eval.max_new_tokens
+    and seed."""
     record = None if is_model_uri(cfg.checkpoint) else run_scoring_file(cfg.checkpoint)
     scored = None if record is None else OmegaConf.load(record)
     with open_dict(cfg):
@@ -38,7 +39,7 @@ def fill_in_as_the_run_scored(cfg: DictConfig) -> None:
                     f"checkpoint={cfg.checkpoint} was not written by a vlmlab-train run (no .hydra/scoring.yaml "
                     "in its run folder): say which data to score, e.g. data=vqav2 data.root=/datasets"
                 )
-            cfg.data = scored.data
+            cfg.data = run_data_under_this_policy(scored.data)
             if cfg.limit is None:
                 cfg.limit = scored.eval.limit
             log.info("scoring as the run scored (%s)", record)
@@ -46,6 +47,17 @@ def fill_in_as_the_run_scored(cfg: DictConfig) -> None:
             cfg.max_new_tokens = scored.eval.max_new_tokens if scored is not None else DEFAULT_MAX_NEW_TOKENS
         if cfg.seed is None:
             cfg.seed = scored.seed if scored is not None else DEFAULT_SEED
+
+
+def run_data_under_this_policy(data: DictConfig) -> DictConfig:
+    """A run folder may come from someone else: its record says what to score, not how far reading may go. The
+    files are scored as they are (nothing is generated: `synthetic` off, so missing files are named), and the
+    image limits are this installation's defaults (conf/data/loading/default.yaml), not the record's."""
+    defaults = OmegaConf.load(config_dir() / "data" / "loading" / "default.yaml")
+    data.synthetic = None
+    for key in ("allow_outside_images", "max_image_pixels"):
+        data[key] = defaults[key]
+    return data
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
