@@ -11,11 +11,11 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerFast
 
-from vlmlab.config import config_dir
 from vlmlab.data.synthetic import SynthConfig, tokenizer_corpus, write_synthetic_dataset
 from vlmlab.models.llms.tiny_tokenizer import train_tiny_tokenizer
+from vlmlab.presets import config_dir
 
-TINY_SYNTH = SynthConfig(seed=0, image_size=48, num_train=48, num_val=8, num_test=8, train_turns=2)
+TINY_SYNTH = SynthConfig.demo(seed=0, image_size=48, num_train=48, num_val=8, num_test=8, train_turns=2)
 
 # Shrinks the default (demo-sized) run to seconds: a narrow one-layer LLM, 48px data, a few steps per stage.
 FAST_OVERRIDES = [

@@ -22,7 +22,7 @@ from tests.tiny_models import tiny_vlm
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError
 from vlmlab.data.check import check_split, report_dict
 from vlmlab.data.conversation_dataset import ConversationDataset, collate
-from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.datamodule import VLMDataModule, loading_options
 from vlmlab.data.feature_cache import feature_store
 from vlmlab.data.image_processing import ImageProcessor, image_processor_for
 from vlmlab.data.packing import collate_packed
@@ -214,6 +214,8 @@ def test_grouping_lengths_count_each_images_tokens(anyres_model: VisionLanguageM
         image_processor=dataset.image_processor,
         micro_batch_size=2,
         image_layout=anyres_model.image_layout,
+        seed=0,
+        **loading_options(num_workers=0),
     )
     lengths = datamodule.lengths("s", "train")
     words = [sum(len(t["value"].split()) for t in r["conversations"]) for r in dataset.records]
@@ -265,7 +267,8 @@ def test_flops_per_batch_count_every_tile(anyres_model: VisionLanguageModel, tmp
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])  # padding is not counted by the estimate
     train = dict.fromkeys(("encoder", "connector", "llm"), "full")
     module = VLMTrainingModule(
-        anyres_model, StageSpec(name="s", mixture="m", train=train, lr=dict.fromkeys(train, 1e-3), loss="full")
+        anyres_model,
+        StageSpec.from_fields(name="s", mixture="m", train=train, lr=dict.fromkeys(train, 1e-3), loss="full"),
     )
     module.train()
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -278,7 +281,9 @@ def test_the_feature_cache_stores_tiles_and_grids(anyres_model: VisionLanguageMo
     """A frozen encoder's cache holds every tile's features and each image's grid: the same samples and loss."""
     dataset = anyres_dataset(anyres_model, tmp_path)
     anyres_model.eval()
-    store = feature_store(tmp_path / "cache", "s", "train", anyres_model.encoder, dataset, {"dtype": "float32"})
+    store = feature_store(
+        tmp_path / "cache", "s", "train", anyres_model.encoder, dataset, {"dtype": "float32", "batch_size": 64}
+    )
     cached = dataset.with_features(store)
     samples, stored = [dataset[i] for i in range(len(dataset))], [cached[i] for i in range(len(cached))]
     for sample, from_cache in zip(samples, stored):

@@ -13,7 +13,7 @@ TRAIN = {"encoder": "full", "connector": "full", "llm": "full"}
 
 
 def stage(**fields) -> StageSpec:
-    return StageSpec(name="s", mixture="m", train=TRAIN, lr=dict.fromkeys(TRAIN, 1e-3), **fields)
+    return StageSpec.from_fields(name="s", mixture="m", train=TRAIN, lr=dict.fromkeys(TRAIN, 1e-3), **fields)
 
 
 def test_compile_wraps_each_decoder_block_and_keeps_the_weight_names(tokenizer) -> None:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import MISSING
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from transformers import LlavaNextImageProcessor
 
-from vlmlab.config import config_dir, group_options, validate_config
+from vlmlab.config import group_options, validate_config
+from vlmlab.data import schema
+from vlmlab.data.synthetic import SynthConfig
 from vlmlab.models.builder import build_vlm
+from vlmlab.presets import config_dir, preset_values
 from vlmlab.training.distributed import build_strategy, shard_units
-from vlmlab.training.stage import stage_specs
+from vlmlab.training.stage import StageSpec, stage_specs
 
 GROUPS = [
     "model/encoder",
@@ -249,3 +256,39 @@ def test_slurm_launcher_takes_nodes_and_tasks_from_the_trainer() -> None:
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
     assert launcher.partition == "gpu"
+
+
+SCHEMAS = [StageSpec, SynthConfig, *(getattr(schema, name) for name in dir(schema) if name.endswith("Schema"))]
+
+
+@pytest.mark.parametrize("checked", SCHEMAS, ids=lambda c: c.__name__)
+def test_the_dataclasses_that_check_configs_hold_no_default(checked: type) -> None:
+    """A default is written once, in conf/: a dataclass default would be a second copy that drifts (as
+    StageSpec's batch 32 did from conf/stage/base.yaml's 128)."""
+    with_default = [
+        f.name for f in dataclasses.fields(checked) if f.default is not MISSING or f.default_factory is not MISSING
+    ]
+    assert not with_default, f"{checked.__name__} gives {with_default} a default; write it in conf/ instead"
+
+
+def preset_redundancies(path: Path, base: DictConfig) -> list[str]:
+    """Keys of the preset at `path` set to the value that `base` (what it starts from) already gives."""
+    preset = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    given = OmegaConf.to_container(base, resolve=False)
+    return [f"{path.relative_to(config_dir())}: {k}" for k, v in preset.items() if k in given and given[k] == v]
+
+
+def test_presets_write_only_what_differs_from_what_they_start_from() -> None:
+    """Stage presets start from conf/stage/base.yaml, data presets from conf/data/loading/default.yaml: a value
+    copied from there is a second place to change it."""
+    stage_base, loading = preset_values("stage/base"), preset_values("data/loading/default")
+    repeated = [
+        r
+        for p in (config_dir() / "stage").glob("*.yaml")
+        if p.stem != "base"
+        for r in preset_redundancies(p, stage_base)
+    ]
+    repeated += [r for p in (config_dir() / "data").glob("*.yaml") for r in preset_redundancies(p, loading)]
+    assert not repeated, repeated
+    # and the check sees a copy: base.yaml itself restates every value of base.yaml
+    assert len(preset_redundancies(config_dir() / "stage" / "base.yaml", stage_base)) == len(stage_base)

@@ -20,7 +20,7 @@ from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
-DATA = SynthConfig(seed=0, image_size=48, num_train=128, num_val=32, num_test=8, train_turns=1)
+DATA = SynthConfig.demo(seed=0, image_size=48, num_train=128, num_val=32, num_test=8, train_turns=1)
 CONTRASTIVE = [
     "curriculum=contrastive",
     "model/text_tower=tiny_text",

@@ -24,7 +24,9 @@ from vlmlab.training.stage import StageSpec
 )
 def test_flops_per_batch_matches_the_flop_counter(tokenizer, train: dict[str, str]) -> None:
     lr = {part: 1e-3 for part, mode in train.items() if mode != "frozen"}
-    module = VLMTrainingModule(tiny_vlm(tokenizer), StageSpec(name="s", mixture="m", train=train, lr=lr, loss="full"))
+    module = VLMTrainingModule(
+        tiny_vlm(tokenizer), StageSpec.from_fields(name="s", mixture="m", train=train, lr=lr, loss="full")
+    )
     batch = batch_for(module.model)
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])  # padding is not counted by the estimate
     module.train()
@@ -42,7 +44,9 @@ def test_chunked_loss_counts_lm_head_at_answer_positions_only(tokenizer) -> None
     lr = dict.fromkeys(train, 1e-3)
     estimates = {}
     for loss in ("full", "chunked"):
-        module = VLMTrainingModule(tiny_vlm(tokenizer), StageSpec(name="s", mixture="m", train=train, lr=lr, loss=loss))
+        module = VLMTrainingModule(
+            tiny_vlm(tokenizer), StageSpec.from_fields(name="s", mixture="m", train=train, lr=lr, loss=loss)
+        )
         batch = batch_for(module.model)
         estimates[loss] = module.objective.flops(batch)
     tokens, answers = int(batch["attention_mask"].sum()), int((batch["labels"][:, 1:] != -100).sum())
@@ -57,7 +61,7 @@ def test_learned_query_connectors_are_counted(tokenizer, connector_cls) -> None:
     model.connector = connector_cls(in_dim=32, out_dim=48, num_in_tokens=model.encoder.num_patches)
     train = {"encoder": "frozen", "connector": "full", "llm": "full"}
     estimate = FlopsEstimate.of(
-        model, StageSpec(name="s", mixture="m", train=train, lr={"connector": 1e-3, "llm": 1e-3})
+        model, StageSpec.from_fields(name="s", mixture="m", train=train, lr={"connector": 1e-3, "llm": 1e-3})
     )
     features = torch.randn(1, model.encoder.num_patches, 32)
     with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:

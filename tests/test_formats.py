@@ -28,11 +28,12 @@ from tests.published_formats import (
     write_llava_instruct,
     write_vqav2,
 )
-from vlmlab.config import config_dir, validate_config
+from vlmlab.config import validate_config
 from vlmlab.data.chat_format import IGNORE_INDEX, SampleError
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.presets import config_dir
 
 SHORT_VQA = "Answer the question using a single word or phrase."
 

@@ -35,9 +35,10 @@ def test_chunked_loss_with_gradient_checkpointing_through_the_training_module(to
     """The stage's `loss` option reaches the model; activation checkpointing composes with it."""
     spec = dict(name="s", mixture="m", train={"encoder": "full", "connector": "full", "llm": "full"})
     spec["lr"] = {"encoder": 1e-3, "connector": 1e-3, "llm": 1e-3}
-    full = VLMTrainingModule(tiny_vlm(tokenizer), StageSpec(**spec, loss="full"))
+    full = VLMTrainingModule(tiny_vlm(tokenizer), StageSpec.from_fields(**spec, loss="full"))
     chunked = VLMTrainingModule(
-        tiny_vlm(tokenizer), StageSpec(**spec, loss="chunked", loss_chunk_size=3, gradient_checkpointing=True)
+        tiny_vlm(tokenizer),
+        StageSpec.from_fields(**spec, loss="chunked", loss_chunk_size=3, gradient_checkpointing=True),
     )
     batch = batch_for(full.model)
     losses = []
@@ -79,6 +80,5 @@ def test_chunked_loss_refuses_models_that_transform_their_logits(tokenizer) -> N
 
 def test_stage_rejects_an_unknown_loss() -> None:
     train = {"encoder": "frozen", "connector": "full", "llm": "frozen"}
-    spec = StageSpec(name="s", mixture="m", train=train, lr={"connector": 1e-3}, loss="fused")
     with pytest.raises(ValueError, match="loss='fused' is not one of full, chunked"):
-        spec.validate({"m": {}})
+        StageSpec.from_fields(name="s", mixture="m", train=train, lr={"connector": 1e-3}, loss="fused")

@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from tests.conftest import FAST_OVERRIDES
 from tests.demo_run import BIN, run_cli
 from tests.mlflow_server import Server
-from vlmlab.config import config_dir
 from vlmlab.data.formats import read_split
 from vlmlab.errors import UsageError
 from vlmlab.inference.answer import Assistant, GenerationOptions, Request, answer_batches
 from vlmlab.inference.loading import load_model
+from vlmlab.presets import config_dir
 from vlmlab.tracking.datasets import records_digest
 from vlmlab.tracking.mlflow_runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING, check_registration
 from vlmlab.tracking.registry import PREDICT_PARAMS, using_store

@@ -74,7 +74,7 @@ def vlmlab_from_llava(llava: LlavaForConditionalGeneration, vision: dict, text: 
 def training_module(model: VisionLanguageModel, **stage: Any) -> VLMTrainingModule:
     """Every part trains (the heaviest step); `stage` overrides StageSpec fields (loss, compile, ...)."""
     train = {"encoder": "full", "connector": "full", "llm": "full"}
-    spec = StageSpec(name="bench", mixture="bench", train=train, lr=dict.fromkeys(train, 1e-4), **stage)
+    spec = StageSpec.from_fields(name="bench", mixture="bench", train=train, lr=dict.fromkeys(train, 1e-4), **stage)
     return VLMTrainingModule(model, spec).train()
 
 

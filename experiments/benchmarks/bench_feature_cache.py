@@ -25,9 +25,9 @@ from pathlib import Path
 import lightning as L
 from hydra import compose, initialize_config_dir
 
-from vlmlab.config import config_dir
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
+from vlmlab.presets import config_dir
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.stage import mixture_weights, stage_specs
 

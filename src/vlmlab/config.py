@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import fields
 from typing import get_args
 
 from omegaconf import DictConfig, OmegaConf
@@ -15,19 +15,9 @@ from vlmlab.data.shards import read_from_shards
 from vlmlab.data.tiling import tiling_from_options
 from vlmlab.errors import UsageError, check_types
 from vlmlab.eval.metrics import METRICS
+from vlmlab.presets import config_dir
 
 MODEL_GROUPS = ("encoder", "connector", "llm")
-
-
-def config_dir() -> Path:
-    """`conf/` of a source checkout (editable install), or the copy packaged inside the wheel."""
-    packaged = Path(__file__).parent / "conf"
-    if packaged.is_dir():
-        return packaged
-    checkout = Path(__file__).resolve().parents[2] / "conf"
-    if checkout.is_dir():
-        return checkout
-    raise FileNotFoundError(f"vlmlab's config folder was found neither at {packaged} nor at {checkout}")
 
 
 def group_options(group: str) -> list[str]:
@@ -53,6 +43,12 @@ def validate_config(cfg: DictConfig) -> None:
     if missing:
         raise UsageError(f"{', '.join(missing)} must be set (??? in the preset), e.g. {missing[0]}=...")
     check_types(cfg.data, DataSchema, "data")
+    unset = [f.name for f in fields(DataSchema) if f.name not in cfg.data and f.name not in ("root", "mixtures")]
+    if unset:
+        raise UsageError(
+            f"data does not set {', '.join(unset)}: a data preset starts from the loading options, "
+            "`- loading@_here_: default` in its defaults list (conf/data/loading/default.yaml)"
+        )
     read_from_shards(cfg)
     sources = cfg.data.get("sources")
     if not sources:

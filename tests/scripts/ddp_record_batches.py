@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from vlmlab.data.chat_format import ChatFormatter
-from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.datamodule import VLMDataModule, loading_options
 from vlmlab.data.image_processing import ImageProcessor
 from vlmlab.data.synthetic import tokenizer_corpus
 from vlmlab.models.encoders.base import ImagePreprocessing
@@ -43,8 +43,8 @@ def main(data: Path, out: Path) -> None:
         formatter=ChatFormatter(tokenizer, "<image>", num_image_tokens=4, max_length=512),
         image_processor=ImageProcessor(ImagePreprocessing(16, 16, (0.5,) * 3, (0.5,) * 3)),
         micro_batch_size=3,
-        group_by_length=True,
-        length_group_batches=2,
+        seed=0,
+        **loading_options(num_workers=0, group_by_length=True, length_group_batches=2),
     )
     module = RecordBatches()
     trainer = L.Trainer(

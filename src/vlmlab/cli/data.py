@@ -26,9 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vlmlab.cli.entry import usage_error
-from vlmlab.config import config_dir, validate_config
-from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
+from vlmlab.config import validate_config
+from vlmlab.data.synthetic import ALL_TASKS, SynthConfig, write_synthetic_dataset
 from vlmlab.errors import UsageError
+from vlmlab.presets import config_dir
 
 PROBLEMS_FOUND = 1
 STOPPED_AT_BAD_RECORD = 3
@@ -50,8 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     synth = commands.add_parser("synth", help="write the synthetic captioning, VQA and document-QA tasks")
     synth.add_argument("--out", default="data/synthetic", help="output folder (default: data/synthetic)")
+    demo = SynthConfig.demo()  # the defaults: conf/data/synthetic.yaml
     for f in fields(SynthConfig):
-        synth.add_argument(f"--{f.name.replace('_', '-')}", type=int, default=f.default, help=f"default: {f.default}")
+        default = getattr(demo, f.name)
+        kind = {"nargs": "+", "choices": ALL_TASKS} if f.name == "tasks" else {"type": int}
+        synth.add_argument(f"--{f.name.replace('_', '-')}", **kind, default=default, help=f"default: {default}")
     check = commands.add_parser(
         "check",
         help="scan a configured dataset: records, images found, problems by reason, token lengths",

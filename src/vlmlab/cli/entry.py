@@ -24,8 +24,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vlmlab.config import config_dir
 from vlmlab.errors import USAGE_EXIT_CODE, UsageError
+from vlmlab.presets import config_dir
 
 
 def shown_path(path: str | Path) -> str:

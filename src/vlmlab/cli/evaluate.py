@@ -12,12 +12,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vlmlab.cli.common import load_from_command_line
 from vlmlab.cli.entry import hydra_command
-from vlmlab.config import config_dir, validate_config
+from vlmlab.config import validate_config
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.errors import UsageError
 from vlmlab.eval.run_scoring import run_scoring_file
 from vlmlab.eval.scoring import score_splits
 from vlmlab.preflight import check_data_files, check_weights_file
+from vlmlab.presets import config_dir
 from vlmlab.tracking.mlflow_runs import log_evaluation_run
 from vlmlab.tracking.registry import is_model_uri
 

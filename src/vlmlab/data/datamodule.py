@@ -21,7 +21,6 @@ from vlmlab.data.conversation_dataset import BadRecordPolicy, ConversationDatase
 from vlmlab.data.feature_cache import feature_store
 from vlmlab.data.formats import HFRecords, Record, read_split, split_image_root, split_origin
 from vlmlab.data.image_processing import (
-    DEFAULT_MAX_PIXELS,
     ImagePolicy,
     ImageProcessor,
     image_processor_for,
@@ -36,6 +35,7 @@ from vlmlab.errors import UsageError
 from vlmlab.models.encoders.base import VisionEncoder
 from vlmlab.models.image_layout import ImageTokenLayout, tokens_side
 from vlmlab.models.vlm import VisionLanguageModel
+from vlmlab.presets import preset_values
 
 
 class ResumableDataLoader(DataLoader):
@@ -65,6 +65,29 @@ def default_num_workers() -> int:
     )
 
 
+LOADING_KEYWORDS = (  # the `data` options a VLMDataModule takes as they are (conf/data/loading/default.yaml)
+    "eval_batch_size", "num_workers", "on_bad_record", "group_by_length", "length_group_batches", "packing",
+    "pack_length", "feature_cache", "streaming", "max_image_pixels", "allow_outside_images",
+)  # fmt: skip
+
+
+def loading_keywords(data_cfg: DictConfig) -> dict[str, Any]:
+    """`VLMDataModule`'s loading keywords from a `data` config (`num_workers: null`: one per CPU, at most 8)."""
+    values = {key: data_cfg[key] for key in LOADING_KEYWORDS}
+    values = {k: OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else v for k, v in values.items()}
+    if values["num_workers"] is None:
+        values["num_workers"] = default_num_workers()
+    return values
+
+
+def loading_options(**changes: Any) -> dict[str, Any]:
+    """The loading keywords at their defaults (conf/data/loading/default.yaml), with `changes`: for code that
+    builds a `VLMDataModule` without Hydra (benchmarks, tests)."""
+    defaults = preset_values("data/loading/default")
+    composed = OmegaConf.create({"data": defaults, "paths": {"data_dir": "data"}})  # what its ${...} refer to
+    return {**loading_keywords(composed.data), **changes}
+
+
 class VLMDataModule(L.LightningDataModule):
     """Args:
     sources: name -> {task, format, prompt, train, val, test} (see `formats`; val/test may be null).
@@ -83,6 +106,8 @@ class VLMDataModule(L.LightningDataModule):
         (`None`: one row, for flash_attention_2) instead of padding each (see `vlmlab.data.packing`).
     feature_cache, encoder: with `feature_cache.enabled` and a (frozen) `encoder`, training reads each
         source's stored encoder features instead of its images (see `vlmlab.data.feature_cache`).
+    The loading keywords (LOADING_KEYWORDS) have no defaults here: conf/data/loading/default.yaml holds and
+    documents them, `from_config` reads them from a composed config, `loading_options()` from that file.
     """
 
     def __init__(
@@ -92,28 +117,29 @@ class VLMDataModule(L.LightningDataModule):
         formatter: ChatFormatter,
         image_processor: ImageProcessor,
         micro_batch_size: int,
+        *,
+        seed: int,
+        eval_batch_size: int,
+        num_workers: int,
+        on_bad_record: BadRecordPolicy,
+        group_by_length: bool,
+        length_group_batches: int,
+        packing: bool,
+        pack_length: int | None,
+        feature_cache: dict[str, Any] | None,
+        streaming: dict[str, Any],
+        max_image_pixels: int,
+        allow_outside_images: bool,
         batch_size: int | None = None,
-        eval_batch_size: int = 64,
-        num_workers: int = 0,
-        seed: int = 0,
         root: str | None = None,
         synthetic: dict[str, Any] | None = None,
-        on_bad_record: BadRecordPolicy = "skip",
-        group_by_length: bool = True,
-        length_group_batches: int = 50,
-        packing: bool = False,
-        pack_length: int | None = None,
-        feature_cache: dict[str, Any] | None = None,
         encoder: VisionEncoder | None = None,
         image_layout: ImageTokenLayout | None = None,
-        streaming: dict[str, Any] | None = None,
-        max_image_pixels: int = DEFAULT_MAX_PIXELS,
-        allow_outside_images: bool = False,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
         self.allow_outside_images = allow_outside_images
-        self.streaming = streaming or {}
+        self.streaming = streaming
         self.image_layout = image_layout
         self.sources = sources
         self.mixture = mixture
@@ -154,7 +180,6 @@ class VLMDataModule(L.LightningDataModule):
         """The data module a `data` config describes, for `model` (its tokenizer, image tokens and image
         preprocessing); `mixture` and the batch sizes are a stage's (none for evaluation), and
         `encoder_frozen` lets it use `data.feature_cache` (when enabled)."""
-        feature_cache = data_cfg.get("feature_cache")
         synthetic = data_cfg.get("synthetic")
         if data_cfg.image_resize == "anyres":
             try:
@@ -173,29 +198,19 @@ class VLMDataModule(L.LightningDataModule):
             ),
             micro_batch_size=micro_batch_size,
             batch_size=batch_size,
-            eval_batch_size=data_cfg.eval_batch_size,
-            num_workers=default_num_workers() if data_cfg.num_workers is None else data_cfg.num_workers,
             seed=seed,
             root=data_cfg.get("root"),
             synthetic=None if synthetic is None else OmegaConf.to_container(synthetic, resolve=True),
-            on_bad_record=data_cfg.on_bad_record,
-            group_by_length=data_cfg.group_by_length,
-            length_group_batches=data_cfg.length_group_batches,
-            packing=data_cfg.get("packing", False),
-            pack_length=data_cfg.get("pack_length"),
-            feature_cache=None if feature_cache is None else OmegaConf.to_container(feature_cache, resolve=True),
             encoder=model.encoder if encoder_frozen else None,
             image_layout=model.image_layout,
-            streaming=OmegaConf.to_container(data_cfg.streaming, resolve=True) if "streaming" in data_cfg else None,
-            max_image_pixels=data_cfg.get("max_image_pixels", DEFAULT_MAX_PIXELS),
-            allow_outside_images=data_cfg.get("allow_outside_images", False),
+            **loading_keywords(data_cfg),
         )
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
             if self.root is None:
                 raise ValueError("data.synthetic is set but data.root is not: say where to write the synthetic data")
-            write_synthetic_dataset(self.root, SynthConfig(**self.synthetic))
+            write_synthetic_dataset(self.root, SynthConfig.demo(**self.synthetic))  # unset fields: the demo's
 
     def image_policy(self, source: str, split: str) -> ImagePolicy:
         """What a split's records may read: images inside its image folder (unless allowed anywhere), of at most
@@ -312,7 +327,7 @@ class VLMDataModule(L.LightningDataModule):
             return StreamingMixtureSampler(
                 **common,
                 chunk_sizes=[r.chunk_sizes if isinstance(r, ShardRecords) else [1] * len(r) for r in records],
-                shuffle_buffer=self.streaming.get("shuffle_buffer", 4096),
+                shuffle_buffer=self.streaming["shuffle_buffer"],
             )
         return GroupedMixtureSampler(**common, length_group_batches=self.length_group_batches)
 

@@ -190,11 +190,11 @@ def feature_store(
 ) -> FeatureStore:
     """The split's store for this encoder: reused when its key matches, else built (by the main process;
     the others wait at `barrier` and then open it)."""
-    dtype = settings.get("dtype", "float32")
+    dtype = settings["dtype"]
     key = cache_key(encoder, dataset, dtype)
     folder = Path(root) / f"{source}-{split}-{key}"
     if is_main and FeatureStore.open(folder, key) is None:
-        FeatureStore.build(folder, key, encoder, dataset, dtype, settings.get("batch_size", 64))
+        FeatureStore.build(folder, key, encoder, dataset, dtype, settings["batch_size"])
     barrier()
     store = FeatureStore.open(folder, key)
     if store is None:

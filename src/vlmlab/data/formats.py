@@ -267,10 +267,15 @@ READERS: dict[str, Callable[[dict[str, Any], str, str | None], Sequence[Record]]
 }
 
 
+def source_format(source: dict[str, Any]) -> str:
+    """A source's `format`; a source that names none holds LLaVA-format files (a bare path: format llava)."""
+    return source.get("format") or "llava"
+
+
 def split_spec(source_name: str, source: dict[str, Any], split: str) -> dict[str, Any] | None:
     """The split's mapping, checked against its format. A bare path is a LLaVA file with the source's
     `image_root` (or the file's folder) as image folder. None when the source has no such split."""
-    fmt = source.get("format", "llava")
+    fmt = source_format(source)
     if fmt not in FORMATS:
         raise ValueError(f"data source '{source_name}' has format '{fmt}'; formats: {', '.join(FORMATS)}")
     value = source.get(split)
@@ -307,14 +312,14 @@ def split_origin(source_name: str, source: dict[str, Any], split: str) -> str | 
     spec = split_spec(source_name, source, split)
     if spec is None:
         return None
-    return str(spec[next(iter(SPLIT_KEYS[source.get("format", "llava")]))])
+    return str(spec[next(iter(SPLIT_KEYS[source_format(source)]))])
 
 
 def split_image_root(source_name: str, source: dict[str, Any], split: str) -> str | None:
     """The folder a split's image files must lie in: its `images` (a LLaVA file's folder when it names none);
     None for formats that store their images inside (HF tables, shards)."""
     spec = split_spec(source_name, source, split)
-    fmt = source.get("format", "llava")
+    fmt = source_format(source)
     if spec is None or fmt in ("hf", "streaming"):
         return None
     return str(spec.get("images") or Path(spec["file"]).parent) if fmt == "llava" else str(spec["images"])
@@ -327,7 +332,7 @@ def missing_paths(source_name: str, source: dict[str, Any], split: str) -> list[
     if spec is None:
         return []
     missing = []
-    for key, required in SPLIT_KEYS[source.get("format", "llava")].items():
+    for key, required in SPLIT_KEYS[source_format(source)].items():
         value = spec.get(key)
         if key in ("split", "columns") or not value or any(c in str(value) for c in "*?[") or is_url(str(value)):
             continue
@@ -350,5 +355,5 @@ def read_split(
     if source.get("format") == "streaming":
         options = {k: v for k, v in (streaming or {}).items() if k in ("cache_dir", "max_cache_size")}
         return ShardRecords(str(spec["path"]), **options)
-    records = READERS[source.get("format", "llava")](spec, split, source.get("prompt"))
+    records = READERS[source_format(source)](spec, split, source.get("prompt"))
     return records if isinstance(records, RecordStore | HFRecords) else RecordStore.from_records(records)

@@ -28,10 +28,14 @@ import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-TASKS = ("caption", "vqa", "doc")  # the default tasks (the demo's)
+from vlmlab.presets import preset_values
+
+TASKS = ("caption", "vqa", "doc")  # the first tasks: a manifest of exactly these leaves `tasks` out (see manifest)
 HIRES_TASK = "hires_doc"
 # Every task, in the order that seeds their random streams: adding one at the end leaves the others' files as
 # they were.
@@ -64,24 +68,30 @@ HIRES_LAYOUTS = ((6, 3), (9, 3), (9, 6))
 FILLER_LETTERS = "ACDEFHKLMNPRTUVWY"
 
 
-@dataclass(frozen=True)
+@dataclass
 class SynthConfig:
-    """Generator settings; the same settings and seed always give the same files."""
+    """Generator settings; the same settings and seed always give the same files. The demo's values (each
+    field's default) are written once, in conf/data/synthetic.yaml: `SynthConfig.demo()`."""
 
-    seed: int = 0
-    image_size: int = 96
-    num_train: int = 3000  # images per task
-    num_val: int = 100
-    num_test: int = 300
-    train_turns: int = 4  # questions per training image (multi-turn conversations)
-    tasks: tuple[str, ...] = TASKS  # which of ALL_TASKS to write (the default leaves hires_doc out)
+    seed: int
+    image_size: int
+    num_train: int  # images per task
+    num_val: int
+    num_test: int
+    train_turns: int  # questions per training image (multi-turn conversations)
+    tasks: tuple[str, ...]  # which of ALL_TASKS to write
+
+    @classmethod
+    def demo(cls, **changes: Any) -> SynthConfig:
+        """The demo's settings (`data.synthetic` of conf/data/synthetic.yaml), with `changes`."""
+        return cls(**{**OmegaConf.to_container(preset_values("data/synthetic", "synthetic")), **changes})
 
     def __post_init__(self) -> None:
         tasks = tuple(self.tasks)  # a list from a YAML config
         unknown = [t for t in tasks if t not in ALL_TASKS]
         if unknown or not tasks:
             raise ValueError(f"synthetic tasks {list(tasks)}: choose among {', '.join(ALL_TASKS)}")
-        object.__setattr__(self, "tasks", tasks)
+        self.tasks = tasks
 
     def manifest(self) -> dict:
         """The settings as the manifest records them. `tasks` only when it is not the default: a manifest
@@ -293,7 +303,7 @@ def sample_record(task: str, rng: random.Random, turns: int, size: int) -> tuple
     return record, image, text
 
 
-def write_synthetic_dataset(root: str | Path, config: SynthConfig = SynthConfig()) -> Path:
+def write_synthetic_dataset(root: str | Path, config: SynthConfig) -> Path:
     """Write the configured tasks and all splits under `root`; returns the manifest path. Skips work if
     already there."""
     root = Path(root)

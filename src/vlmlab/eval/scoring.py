@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.formats import source_format
 from vlmlab.eval.generation import evaluate_with_blind_baseline
 from vlmlab.eval.submission import submission
 from vlmlab.models.vlm import VisionLanguageModel
@@ -75,7 +76,7 @@ def score_splits(
     metrics, predictions = evaluate_with_blind_baseline(model, loaders, metric_names, max_new_tokens, prefix=split)
     files = [write_json(out_dir / metrics_file, metrics)]
     for name, rows in predictions.items():
-        fmt = data_cfg.sources[name].get("format", "llava")
+        fmt = source_format(data_cfg.sources[name])
         files.append(write_json(out_dir / "predictions" / f"{name}_{split}.json", submission(fmt, rows)))
         fields = ("id", "prediction", "answers", "scores")
         scores = out_dir / "predictions" / f"{name}_{split}_scores.jsonl"

@@ -3,13 +3,14 @@ curriculum's list of stages."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.errors import UsageError, check_types
 from vlmlab.models.loss import LossImpl
+from vlmlab.presets import preset_values
 
 PARTS = ("encoder", "connector", "llm")
 TRAIN_MODES = ("frozen", "full", "lora")
@@ -24,29 +25,30 @@ CONTRASTIVE_LOSSES = ("siglip", "clip")
 
 @dataclass
 class StageSpec:
-    """What one stage trains, on what, and how (see conf/stage/*.yaml for every field's meaning)."""
+    """What one stage trains, on what, and how. Fields only: every field's meaning and default value is in
+    conf/stage/base.yaml, which every stage preset starts from."""
 
     name: str
     mixture: str
     train: dict[str, str]
     lr: dict[str, float | None]  # per part (and `text`); null for a frozen part
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
-    max_steps: int = -1
-    max_epochs: int = 1
-    batch_size: int = 32  # global: micro_batch_size x devices x nodes x accumulation
-    micro_batch_size: int = 32
-    gradient_clip_val: float | None = 1.0
-    precision: str = "32-true"
-    gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile each LLM decoder block
-    loss: str = "chunked"  # full | chunked (vlmlab.models.loss)
-    loss_chunk_size: int = 1024  # answer positions projected onto the vocabulary at a time (loss=chunked)
-    val_check_interval: int | float | None = None
-    lora: dict[str, Any] | None = None  # r, alpha, dropout, target_modules per part (parts trained with lora)
-    objective: str = "lm"  # lm: the LLM's answer loss | contrastive: encoder vs text tower (vlmlab.training.objectives)
-    contrastive_loss: str = "siglip"  # siglip | clip (objective: contrastive)
-    contrastive_dim: int = 128  # shared embedding size of the projection heads (objective: contrastive)
+    weight_decay: float
+    warmup_ratio: float
+    max_steps: int
+    max_epochs: int
+    batch_size: int  # global: micro_batch_size x devices x nodes x accumulation
+    micro_batch_size: int
+    gradient_clip_val: float | None
+    precision: str
+    gradient_checkpointing: bool
+    compile: bool
+    loss: str
+    loss_chunk_size: int
+    val_check_interval: int | float | None
+    lora: dict[str, Any] | None
+    objective: str
+    contrastive_loss: str
+    contrastive_dim: int
 
     @classmethod
     def from_config(cls, name: str, cfg: DictConfig, mixtures: dict[str, dict[str, float]]) -> StageSpec:
@@ -55,9 +57,22 @@ class StageSpec:
         check_types(
             cfg, cls, f"curriculum.stages.{name}", exclude=("name",)
         )  # types and field names, before any value is used
+        missing = [f.name for f in fields(cls) if f.name != "name" and f.name not in cfg]
+        if missing:
+            raise UsageError(
+                f"curriculum.stages.{name} does not set {', '.join(missing)}: start the stage from the stage presets, "
+                f"e.g. `- /stage@stages.{name}: base` in the curriculum's defaults list (conf/stage/base.yaml)"
+            )
         spec = cls(name=name, **OmegaConf.to_container(cfg, resolve=True))
         spec.validate(mixtures)
         return spec
+
+    @classmethod
+    def from_fields(cls, name: str, **values: Any) -> StageSpec:
+        """A stage of conf/stage/base.yaml's values and `values`, checked, for code that builds one without Hydra
+        (benchmarks, tests); its mixture is taken to exist."""
+        cfg = OmegaConf.merge(preset_values("stage/base"), values)
+        return cls.from_config(name, cfg, {cfg.mixture: {}})
 
     def validate(self, mixtures: dict[str, dict[str, float]]) -> None:
         where = f"curriculum stage '{self.name}'"
