@@ -12,7 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vlmlab"
 # Lowest first. A package may import its own modules and any lower layer's (not those of its own layer).
 LAYERS = [
-    {"errors", "terminal", "dependency_corners"},
+    {"errors", "terminal", "dependency_corners", "presets"},
     {"tracking"},
     {"models"},
     {"data"},
@@ -82,3 +82,30 @@ def test_no_package_cycles() -> None:
 
     cycles = sorted(p for p in graph if reaches(p, p, set()))
     assert not cycles, f"packages on an import cycle: {cycles}"
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Module -> the vlmlab modules it imports (`from vlmlab.data import schema` counts as vlmlab.data.schema),
+    those under `if TYPE_CHECKING:` included: a type-only import still ties the two modules together."""
+    modules = {".".join(("vlmlab", *p.relative_to(PACKAGE).with_suffix("").parts)): p for p in PACKAGE.rglob("*.py")}
+    modules = {name.removesuffix(".__init__"): path for name, path in modules.items()}
+    found: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+                found[name].update(targets or ([node.module] if node.module in modules else []))
+            elif isinstance(node, ast.Import):
+                found[name].update(a.name for a in node.names if a.name in modules)
+    return found
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    graph = module_imports()
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in graph.get(start, ()))
+
+    cycles = sorted(m for m in graph if reaches(m, m, {m}))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+    assert "vlmlab.data.conversation_dataset" in graph["vlmlab.data.feature_cache"]  # the graph sees imports

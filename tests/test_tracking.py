@@ -5,11 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
+from tests.tiny_models import tiny_vlm
+from vlmlab.errors import UsageError
 from vlmlab.tracking.metric_sender import MetricSender
 from vlmlab.tracking.mlflow_runs import CurriculumTracker
+from vlmlab.tracking.tracker import RunTracker
+from vlmlab.training.curriculum import start_tracking
 
 
 def test_a_stage_run_created_before_a_kill_is_continued_not_duplicated(tmp_path: Path, mlflow_uri: str) -> None:
@@ -60,3 +66,20 @@ def test_a_metrics_file_left_by_a_killed_process_is_sent_whole(tmp_path: Path, m
         (2, 1.2),
     ]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_the_tracker_is_a_run_tracker_and_a_class_that_is_not_is_named(
+    tmp_path: Path, mlflow_uri: str, tokenizer
+) -> None:
+    """`logger._target_` may name another tracker class: one lacking what the curriculum calls is refused at the
+    run's start, with the members it lacks."""
+    cfg = OmegaConf.create(
+        {"run_name": "r", "logger": {"_target_": "vlmlab.tracking.mlflow_runs.CurriculumTracker",
+         "tracking_uri": mlflow_uri, "experiment_name": "e", "run_name": "r", "artifact_location": str(tmp_path / "a")}}
+    )  # fmt: skip
+    tracker = start_tracking(cfg, tiny_vlm(tokenizer), {"stages": {}}, tmp_path)
+    assert isinstance(tracker, RunTracker) and isinstance(tracker, CurriculumTracker)
+    tracker.finish()
+    cfg.logger = {"_target_": "types.SimpleNamespace", "experiment_name": "e", "parent_run_id": None}
+    with pytest.raises(UsageError, match="types.SimpleNamespace is not a tracker: it lacks run_link, log_config, "):
+        start_tracking(cfg, tiny_vlm(tokenizer), {"stages": {}}, tmp_path)

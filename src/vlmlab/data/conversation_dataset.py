@@ -5,21 +5,29 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch.utils.data import Dataset
 
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
 from vlmlab.data.image_processing import ANY_FOLDER, ImagePolicy, ImageProcessor, ProcessedImage, image_size, read_image
+from vlmlab.models.batch import Batch
 from vlmlab.models.image_layout import ImageTokenLayout
-
-if TYPE_CHECKING:
-    from vlmlab.data.feature_cache import FeatureStore
 
 log = logging.getLogger(__name__)
 
 BadRecordPolicy = Literal["raise", "skip"]
+
+
+class StoredImageFeatures(Protocol):
+    """Encoder features stored per record (`vlmlab.data.feature_cache.FeatureStore`), read instead of its images."""
+
+    def get(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Record `index`'s features (tiles, N, d) and image grids (k, 4), or (None, None) without images;
+        raises SampleError for a record whose images could not be stored."""
+
+
 MISSING_IMAGE_HINT = "check the split's image folder (`images`) and the file"
 BAD_IMAGE_HINT = "replace or remove the file"
 
@@ -57,7 +65,7 @@ class ConversationDataset(Dataset):
         prompt_only: bool = False,
         blank_images: bool = False,
         on_bad_record: BadRecordPolicy = "raise",
-        features: FeatureStore | None = None,
+        features: StoredImageFeatures | None = None,
         origin: str | None = None,
         image_layout: ImageTokenLayout | None = None,
         image_policy: ImagePolicy = ANY_FOLDER,
@@ -78,7 +86,7 @@ class ConversationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def with_features(self, features: FeatureStore) -> ConversationDataset:
+    def with_features(self, features: StoredImageFeatures) -> ConversationDataset:
         """This dataset reading `features` instead of its images."""
         return ConversationDataset(
             self.records,
@@ -161,7 +169,7 @@ class ConversationDataset(Dataset):
             raise SampleError(err.reason, message) from err
 
 
-def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> Batch:
     """Pad to the longest sample (right for training, left for generation) and stack all images in order.
 
     Skipped records are dropped and counted by reason under `skipped`; a batch whose records were all
@@ -185,7 +193,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: 
             labels[row, span] = sample["labels"]
     images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
     grids = [s["image_grids"] for s in samples if s.get("image_grids") is not None]
-    batch: dict[str, Any] = {
+    batch: Batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "pixel_values": torch.cat(images) if images else None,

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from vlmlab.data.chat_format import IGNORE_INDEX
+from vlmlab.models.batch import Batch
 
 # per-sample image tensors (tiles, grid rows), concatenated in packing order
 IMAGE_KEYS = ("pixel_values", "image_features", "image_grids")
@@ -50,7 +51,7 @@ def pack_rows(lengths: Sequence[int], pack_length: int | None) -> list[list[int]
     return rows
 
 
-def collate_packed(samples: Sequence[dict[str, Any]], pad_token_id: int, pack_length: int | None) -> dict[str, Any]:
+def collate_packed(samples: Sequence[dict[str, Any]], pad_token_id: int, pack_length: int | None) -> Batch:
     """Training batch of packed rows, padded on the right to the fullest row.
 
     `position_ids` restart at every sample (and at the padding tail, which thus attends only to
@@ -83,7 +84,7 @@ def collate_packed(samples: Sequence[dict[str, Any]], pad_token_id: int, pack_le
         position_ids[r, start:] = torch.arange(width - start)
         if start < width:
             segments.append(width - start)
-    batch: dict[str, Any] = {
+    batch: Batch = {
         "input_ids": input_ids,
         "labels": labels,
         "position_ids": position_ids,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from vlmlab.models.batch import Batch
 from vlmlab.models.connectors.base import Connector
 from vlmlab.models.encoders.base import VisionEncoder
 from vlmlab.models.image_layout import ImageTokenLayout, arrange_image_tokens
@@ -129,7 +130,7 @@ class VisionLanguageModel(nn.Module):
             return CausalLMOutputWithPast(loss=loss)
         return self.llm.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
-    def batch_loss(self, batch: dict[str, Any], loss_chunk_size: int | None = None) -> torch.Tensor:
+    def batch_loss(self, batch: Batch, loss_chunk_size: int | None = None) -> torch.Tensor:
         """The mean answer-token loss of a collated training batch: padded or packed rows (their
         `position_ids`, `cu_seq_lens`, `max_seq_len`), images or cached `image_features`."""
         return self(
@@ -172,7 +173,7 @@ class VisionLanguageModel(nn.Module):
             **generate_kwargs,
         )
 
-    def generate_from_batch(self, batch: dict[str, Any], **generate_kwargs: Any) -> torch.Tensor:
+    def generate_from_batch(self, batch: Batch, **generate_kwargs: Any) -> torch.Tensor:
         """`generate` on a collated, left-padded prompt batch, moved to the model's device (images in the
         encoder's dtype): the one path from a batch to new token ids."""
         device = next(self.parameters()).device

@@ -19,13 +19,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.errors import UsageError
 from vlmlab.eval.scoring import score_splits
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.models.weights import load_weights
 from vlmlab.tracking.mlflow_runs import undelivered
+from vlmlab.tracking.tracker import RUN_TRACKER_MEMBERS, RunTracker
 from vlmlab.training.distributed import global_rank
 from vlmlab.training.preemption import Preempted
+from vlmlab.training.run_context import RunContext
 from vlmlab.training.run_naming import name_run
 from vlmlab.training.run_record import STATE_FILE, load_state, resolve_record_path, stages_to_run, write_state
 from vlmlab.training.stage import stage_specs
@@ -56,18 +59,10 @@ def run_curriculum(cfg: DictConfig) -> CurriculumOutcome:
     specs = stages_to_run(cfg, all_specs)
     L.seed_everything(cfg.seed, workers=True)
     devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1
-    main = global_rank(devices) == 0
+    is_rank_zero = global_rank(devices) == 0
     run_dir, state = load_state(cfg)
     if state.get("finished"):
-        if main and cfg.get("logger") and any(undelivered(run_dir / "stages" / name) for name in state["stages"]):
-            tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id"))
-            for name, record in state["stages"].items():
-                if record.get("run_id"):
-                    tracker.backfill(run_dir / "stages" / name, record["run_id"])
-            tracker.finish()
-        results = run_dir / "test_metrics.json"
-        print(f"The curriculum in {run_dir} is finished: nothing to resume (its results: {results})")
-        return CurriculumOutcome(json.loads(results.read_text()) if results.is_file() else {})
+        return finished_run(cfg, run_dir, state, is_rank_zero)
     done = [s for s in specs if state["stages"].get(s.name, {}).get("status") == "done"]
     init_from = (
         resolve_record_path(state["stages"][done[-1].name]["weights"], run_dir) if done else cfg.get("init_from")
@@ -76,29 +71,30 @@ def run_curriculum(cfg: DictConfig) -> CurriculumOutcome:
     if init_from:
         init_from = str(load_weights(model, init_from))
         log.info("starting from %s", init_from)
-    tracker = start_tracking(cfg, model, state, run_dir) if main and cfg.get("logger") else None
+    tracker = start_tracking(cfg, model, state, run_dir) if is_rank_zero and cfg.get("logger") else None
+    run = RunContext(cfg, run_dir, state, tracker, is_rank_zero)
     metrics: dict[str, float] = {}
     datamodule = None
     answers = True  # whether the last stage trained the LLM to answer
     try:
         for spec in specs:
-            if state["stages"].get(spec.name, {}).get("status") == "done":
-                log.info("stage '%s' is done (%s)", spec.name, state["stages"][spec.name]["weights"])
-                if tracker is not None and state["stages"][spec.name].get("run_id"):
-                    tracker.backfill(run_dir / "stages" / spec.name, state["stages"][spec.name]["run_id"])
+            record = run.stage_record(spec.name)
+            if record.get("status") == "done":
+                log.info("stage '%s' is done (%s)", spec.name, record["weights"])
+                if tracker is not None and record.get("run_id"):
+                    tracker.backfill(run.stage_folder(spec.name), record["run_id"])
                 continue
             seed = cfg.seed + [s.name for s in all_specs].index(spec.name)
-            stage = run_stage(cfg, spec, seed, model, init_from, state, run_dir, tracker, main)
+            stage = run_stage(run, spec, seed, model, init_from)
             model, init_from, datamodule, answers = stage.model, stage.weights, stage.datamodule, stage.answers
             metrics.update(stage.metrics)
             last = spec.name == all_specs[-1].name
             if tracker is not None and tracker.logs_model(last):
-                record = state["stages"][spec.name]
                 stage_dir = Path(stage.weights).parent
                 log_stage_model(cfg, tracker, spec.name, record["run_id"], stage_dir, record["global_step"], last)
-        if main and cfg.eval.enabled and answers:
-            metrics.update(evaluate_test_splits(cfg, model, datamodule, run_dir, tracker))
-        elif main and cfg.eval.enabled:
+        if is_rank_zero and cfg.eval.enabled and answers:
+            metrics.update(evaluate_test_splits(run, model, datamodule))
+        elif is_rank_zero and cfg.eval.enabled:
             log.info("the last stage did not train the LLM to answer: no test scores (its validation metrics hold it)")
     except BaseException as err:  # Ctrl-C reaches here as SystemExit from Lightning: resumable, marked KILLED
         if tracker is not None:
@@ -106,17 +102,35 @@ def run_curriculum(cfg: DictConfig) -> CurriculumOutcome:
             tracker.finish("KILLED" if stopped else "FAILED")
         raise
     state["finished"] = True
-    if main:
-        write_state(run_dir / STATE_FILE, state)
+    run.save_record()
     if tracker is not None:
         tracker.finish()
     return CurriculumOutcome(metrics, model, tracker.run_link() if tracker is not None else None)
 
 
-def start_tracking(cfg: DictConfig, model: VisionLanguageModel, state: dict[str, Any], run_dir: Path) -> Any:
-    """The curriculum's MLflow tracker: its parent run continued, or created (with the config and the model's
-    facts) and recorded at once, so that a run killed from now on resumes into it."""
+def finished_run(cfg: DictConfig, run_dir: Path, state: dict[str, Any], is_rank_zero: bool) -> CurriculumOutcome:
+    """A run asked to resume that had finished: only what an ended process left unsent to the tracker is sent."""
+    if is_rank_zero and cfg.get("logger") and any(undelivered(run_dir / "stages" / name) for name in state["stages"]):
+        tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id"))
+        for name, record in state["stages"].items():
+            if record.get("run_id"):
+                tracker.backfill(run_dir / "stages" / name, record["run_id"])
+        tracker.finish()
+    results = run_dir / "test_metrics.json"
+    print(f"The curriculum in {run_dir} is finished: nothing to resume (its results: {results})")
+    return CurriculumOutcome(json.loads(results.read_text()) if results.is_file() else {})
+
+
+def start_tracking(cfg: DictConfig, model: VisionLanguageModel, state: dict[str, Any], run_dir: Path) -> RunTracker:
+    """The curriculum's tracker: its parent run continued, or created (with the config and the model's facts) and
+    recorded at once, so that a run killed from now on resumes into it."""
     tracker = instantiate(cfg.logger, parent_run_id=state.get("parent_run_id"))
+    if not isinstance(tracker, RunTracker):
+        missing = [name for name in RUN_TRACKER_MEMBERS if not hasattr(tracker, name)]
+        raise UsageError(
+            f"logger._target_={cfg.logger.get('_target_')} is not a tracker: it lacks {', '.join(missing)} "
+            "(vlmlab.tracking.tracker.RunTracker lists what the curriculum calls)"
+        )
     log.info("MLflow: run '%s' of experiment '%s' at %s", cfg.run_name, tracker.experiment_name, tracker.run_link())
     if "parent_run_id" not in state:
         state["parent_run_id"] = tracker.parent_run_id
@@ -128,10 +142,11 @@ def start_tracking(cfg: DictConfig, model: VisionLanguageModel, state: dict[str,
 
 
 def evaluate_test_splits(
-    cfg: DictConfig, model: VisionLanguageModel, datamodule: VLMDataModule | None, run_dir: Path, tracker: Any
+    run: RunContext, model: VisionLanguageModel, datamodule: VLMDataModule | None
 ) -> dict[str, float]:
     """Score every source's test split with and without images (`vlmlab.eval.scoring`), into the run folder and
-    the parent MLflow run."""
+    the parent run of the tracker."""
+    cfg = run.cfg
     sources = [name for name, source in cfg.data.sources.items() if source.get("test")]
     if not sources:
         return {}
@@ -143,14 +158,16 @@ def evaluate_test_splits(
         cfg.data,
         sources,
         "test",
-        run_dir,
+        run.folder,
         cfg.eval.max_new_tokens,
         limit=cfg.eval.limit,
         metrics_file="test_metrics.json",
     )
-    if tracker is not None:
-        tracker.log_datasets(tracker.parent_run_id, data_splits(datamodule, [(name, "test") for name in sources]))
-        tracker.log_metrics(metrics)
+    if run.tracker is not None:
+        run.tracker.log_datasets(
+            run.tracker.parent_run_id, data_splits(datamodule, [(name, "test") for name in sources])
+        )
+        run.tracker.log_metrics(metrics)
         for path in files:
-            tracker.log_artifact(path)
+            run.tracker.log_artifact(path)
     return metrics

@@ -21,13 +21,13 @@ for a frozen part with nothing trained before it. `tests/test_flops.py` checks t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlmlab.models.batch import Batch
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.stage import PARTS, StageSpec
 
@@ -84,7 +84,7 @@ class FlopsEstimate:
             chunked_loss=stage.loss == "chunked",
         )
 
-    def __call__(self, batch: dict[str, Any]) -> int:
+    def __call__(self, batch: Batch) -> int:
         """Training FLOPs (forward + backward) of `batch` (input_ids, attention_mask, labels, images)."""
         if "input_ids" not in batch:
             return 0

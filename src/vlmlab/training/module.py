@@ -12,6 +12,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from vlmlab.models.batch import Batch
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.distributed import fully_shard_units, is_sharded
 from vlmlab.training.lora import add_lora, save_and_merge
@@ -146,7 +147,7 @@ class VLMTrainingModule(L.LightningModule):
             self.logger.log_metrics(self.relog["metrics"], step=self.relog["step"])
         self.relog = None
 
-    def _count_skipped(self, batch: dict[str, Any]) -> None:
+    def _count_skipped(self, batch: Batch) -> None:
         """Running totals of dropped records by reason, logged as `data/skipped/<reason>`."""
         for reason, count in batch.get("skipped", {}).items():
             self.skipped[reason] += count
@@ -160,12 +161,12 @@ class VLMTrainingModule(L.LightningModule):
             self.step_logged = (self.global_step, {})
         self.step_logged[1][name] = value.detach() if isinstance(value, torch.Tensor) else value
 
-    def batch_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+    def batch_loss(self, batch: Batch) -> torch.Tensor:
         """The stage objective's loss of a collated batch (language modelling: the mean answer-token loss,
         computed as the stage says, `loss: chunked | full`)."""
         return self.objective.loss(self.model, batch)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         self._count_skipped(batch)
         if "input_ids" not in batch:  # every record of this batch was skipped
             return self._zero_loss()
@@ -211,7 +212,7 @@ class VLMTrainingModule(L.LightningModule):
         gradient all-reduce needs every rank)."""
         return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
         for reason, count in batch.get("skipped", {}).items():  # per validation pass: `val/skipped/<reason>`
             self.log(f"val/skipped/{reason}", float(count), reduce_fx="sum", on_epoch=True, batch_size=1)
         if "input_ids" not in batch:

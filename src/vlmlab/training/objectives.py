@@ -19,6 +19,7 @@ from torch import nn
 
 from vlmlab.data.chat_format import IGNORE_INDEX
 from vlmlab.eval.retrieval import RetrievalRecall
+from vlmlab.models.batch import Batch
 from vlmlab.models.contrastive_loss import (
     CLIP_INIT_LOGIT_SCALE,
     CLIP_MAX_LOGIT_SCALE,
@@ -45,13 +46,13 @@ class LanguageModelling(nn.Module):
         self.chunk_size = stage.loss_chunk_size if stage.loss == "chunked" else None
         self.flops = FlopsEstimate.of(model, stage)
 
-    def loss(self, model: VisionLanguageModel, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, model: VisionLanguageModel, batch: Batch) -> torch.Tensor:
         return model.batch_loss(batch, self.chunk_size)
 
-    def batch_flops(self, batch: dict[str, Any]) -> int:
+    def batch_flops(self, batch: Batch) -> int:
         return self.flops(batch)
 
-    def validation_step(self, module: Any, model: VisionLanguageModel, batch: dict[str, Any]) -> None:
+    def validation_step(self, module: Any, model: VisionLanguageModel, batch: Batch) -> None:
         module.log("val/loss", self.loss(model, batch), prog_bar=True, sync_dist=True, batch_size=len(batch["ids"]))
 
     def on_validation_epoch_end(self, module: Any) -> None:
@@ -61,7 +62,7 @@ class LanguageModelling(nn.Module):
         """No parameters of its own."""
 
 
-def answer_texts(batch: dict[str, Any], tokenizer: Any) -> list[str]:
+def answer_texts(batch: Batch, tokenizer: Any) -> list[str]:
     """Each row's answer text (its label tokens, decoded): the caption of an image-caption sample."""
     labels = batch["labels"]
     return [tokenizer.decode(row[row != IGNORE_INDEX].tolist(), skip_special_tokens=True).strip() for row in labels]
@@ -100,7 +101,7 @@ class ContrastiveAlignment(nn.Module):
         self.tokenizer = model.llm.tokenizer  # decodes the captions from the batch's label tokens
         self.recall: dict[str, RetrievalRecall] = {}
 
-    def forward(self, model: VisionLanguageModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, model: VisionLanguageModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised (image, text) embeddings of the batch's pairs [B, embed_dim] each. (Called as a module,
         so that FSDP2 gathers this objective's sharded weights around it.) A tiled image (anyres) is seen
         through its base tile, the whole image."""
@@ -123,17 +124,17 @@ class ContrastiveAlignment(nn.Module):
             return siglip_loss(image, text, scale, self.logit_bias)
         return clip_loss(image, text, scale)
 
-    def loss(self, model: VisionLanguageModel, batch: dict[str, Any]) -> torch.Tensor:
+    def loss(self, model: VisionLanguageModel, batch: Batch) -> torch.Tensor:
         image, text = self(model, batch)
         _, size = world()
         if self.kind == "clip" and size > 1:  # the embeddings' gradient x processes (see the class docstring)
             image, text = scale_gradient(image, size), scale_gradient(text, size)
         return self._contrastive_loss(image, text)
 
-    def batch_flops(self, batch: dict[str, Any]) -> int:
+    def batch_flops(self, batch: Batch) -> int:
         return 0  # not estimated for this objective: no MFU is logged
 
-    def validation_step(self, module: Any, model: VisionLanguageModel, batch: dict[str, Any]) -> None:
+    def validation_step(self, module: Any, model: VisionLanguageModel, batch: Batch) -> None:
         image, text = self(model, batch)
         module.log("val/loss", self._contrastive_loss(image, text), sync_dist=True, batch_size=len(batch["ids"]))
         for source in sorted(set(batch["sources"])):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.datamodule import VLMDataModule
@@ -21,7 +21,8 @@ from vlmlab.training.checkpoints import AtomicCheckpointIO, resume_checkpoint
 from vlmlab.training.distributed import build_strategy, is_sharded
 from vlmlab.training.module import VLMTrainingModule
 from vlmlab.training.objectives import build_objective
-from vlmlab.training.run_record import STATE_FILE, record_path, write_state
+from vlmlab.training.run_context import RunContext
+from vlmlab.training.run_record import record_path
 from vlmlab.training.stage import StageSpec, mixture_weights
 from vlmlab.training.stage_tracking import stage_data_splits
 
@@ -31,7 +32,7 @@ OBJECTIVE_FILE = "objective.safetensors"  # a contrastive stage's text tower and
 
 
 def build_trainer(
-    cfg: DictConfig, stage: StageSpec, stage_dir: Path, logger: Any, model: VisionLanguageModel
+    cfg: DictConfig, stage: StageSpec, stage_dir: Path, logger: Logger | None, model: VisionLanguageModel
 ) -> L.Trainer:
     """The stage's Lightning Trainer: `cfg.trainer` with the stage's steps, precision, clipping, accumulation
     (from its global batch) and validation interval (optimizer steps), the callbacks and the strategy."""
@@ -104,20 +105,13 @@ class StageResult:
 
 
 def run_stage(
-    cfg: DictConfig,
-    spec: StageSpec,
-    seed: int,
-    model: VisionLanguageModel,
-    init_from: str | None,
-    state: dict[str, Any],
-    run_dir: Path,
-    tracker: Any,
-    main: bool,
+    run: RunContext, spec: StageSpec, seed: int, model: VisionLanguageModel, init_from: str | None
 ) -> StageResult:
-    """Train stage `spec` of the curriculum from `model` (loaded from `init_from`), continuing its `last.ckpt`
-    when the record says the stage was running, and record it as done with its saved weights."""
-    record = state["stages"].setdefault(spec.name, {})
-    stage_dir = run_dir / "stages" / spec.name
+    """Train stage `spec` of the run from `model` (loaded from `init_from`), continuing its `last.ckpt` when the
+    run record says the stage was running, and record it as done with its saved weights."""
+    cfg = run.cfg
+    record = run.stage_record(spec.name)
+    stage_dir = run.stage_folder(spec.name)
     datamodule = VLMDataModule.from_config(
         cfg.data,
         model,
@@ -128,20 +122,21 @@ def run_stage(
         encoder_frozen=spec.train["encoder"] == "frozen",
     )
     # the newest checkpoint that loads (checked before torch's own readers unpickle anything), leftovers removed
-    resumed = resume_checkpoint(stage_dir / "checkpoints", clean=main) if record.get("status") == "running" else None
+    running = record.get("status") == "running"
+    resumed = resume_checkpoint(stage_dir / "checkpoints", clean=run.is_rank_zero) if running else None
     resume_from = str(resumed) if resumed else None
     resuming = f", resuming {resumed}" if resume_from else ""
     log.info("stage '%s': train %s on %s%s", spec.name, spec.train, datamodule.mixture, resuming)
     logger = None
-    if tracker is not None:
-        logger = tracker.stage_logger(spec.name, init_from, stage_dir, run_id=record.get("run_id"))
+    if run.tracker is not None:
+        logger = run.tracker.stage_logger(spec.name, init_from, stage_dir, run_id=record.get("run_id"))
         if "run_id" not in record:
-            tracker.log_config(logger.run_id, cfg)
-            tracker.log_datasets(logger.run_id, stage_data_splits(datamodule))
+            run.tracker.log_config(logger.run_id, cfg)
+            run.tracker.log_datasets(logger.run_id, stage_data_splits(datamodule))
         record["run_id"] = logger.run_id
-    record.update(status="running", init_from=record_path(init_from, run_dir) if init_from else "config")
-    if main:
-        write_state(run_dir / STATE_FILE, state)
+    record.update(status="running", init_from=record_path(init_from, run.folder) if init_from else "config")
+    run.save_record()
+    if run.is_rank_zero:
         model.llm.tokenizer.save_pretrained(str(stage_dir / "tokenizer"))  # for its checkpoints too
     trainer = build_trainer(cfg, spec, stage_dir, logger, model)
     # Each stage draws from its own seed (new LoRA adapters, dropout), whatever ran before it: the same in a
@@ -158,12 +153,11 @@ def run_stage(
     metrics = {f"{spec.name}/{k}": float(v) for k, v in trainer.callback_metrics.items()}
     trained = save_stage_weights(cfg, spec, trainer, module, stage_dir)
     weights = str(stage_dir / WEIGHTS_FILE)
-    record.update(status="done", weights=record_path(weights, run_dir), global_step=trainer.global_step)
-    if main:
-        write_state(run_dir / STATE_FILE, state)
+    record.update(status="done", weights=record_path(weights, run.folder), global_step=trainer.global_step)
+    run.save_record()
     if is_sharded(trainer.strategy):  # the trained model is sharded: continue from the saved file
-        trained = trained if main else build_vlm(cfg.model)
-        if not main:
+        trained = trained if run.is_rank_zero else build_vlm(cfg.model)
+        if not run.is_rank_zero:
             load_weights(trained, weights)
         model = trained
     return StageResult(model, weights, datamodule, metrics, module.objective.generates)

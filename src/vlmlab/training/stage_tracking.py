@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -15,6 +14,7 @@ from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.formats import split_origin
 from vlmlab.models.weights import WEIGHTS_FILE, describe_model_folder
 from vlmlab.tracking.datasets import DataSplit, data_split
+from vlmlab.tracking.tracker import RunTracker
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def stage_data_splits(datamodule: VLMDataModule) -> list[DataSplit]:
 
 
 def log_stage_model(
-    cfg: DictConfig, tracker: Any, stage: str, run_id: str, stage_dir: Path, step: int, last_stage: bool
+    cfg: DictConfig, tracker: RunTracker, stage: str, run_id: str, stage_dir: Path, step: int, last_stage: bool
 ) -> None:
     """Log the stage's saved weights and tokenizer, with the model description of this run, as its MLflow model.
     The folder handed to MLflow links the stage's files rather than copying them (MLflow copies them once)."""
