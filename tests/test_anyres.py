@@ -25,6 +25,7 @@ from vlmlab.data.conversation_dataset import ConversationDataset, collate
 from vlmlab.data.datamodule import VLMDataModule, loading_options
 from vlmlab.data.feature_cache import feature_store
 from vlmlab.data.image_processing import ImageProcessor, image_processor_for
+from vlmlab.data.lengths import SampleLengths
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.tiling import Tiling, select_best_resolution
 from vlmlab.models.encoders.base import ImagePreprocessing
@@ -220,7 +221,7 @@ def test_grouping_lengths_count_each_images_tokens(anyres_model: VisionLanguageM
     lengths = datamodule.lengths("s", "train")
     words = [sum(len(t["value"].split()) for t in r["conversations"]) for r in dataset.records]
     tokens = [int((dataset[i]["input_ids"] == anyres_model.image_token_id).sum()) for i in range(len(dataset))]
-    assert lengths == [w + t if t else -w for w, t in zip(words, tokens)]
+    assert lengths == SampleLengths([w + t if t else w for w, t in zip(words, tokens)], [t > 0 for t in tokens])
     # `vlmlab-data check` reports the tokens of each image (wide, tall, square, wide)
     report = check_split(datamodule, "s", "train")
     wide, tall, square = (anyres_model.image_layout.count(g) for g in ((1, 3, 40, 100), (3, 1, 90, 30), (2, 2, 64, 64)))

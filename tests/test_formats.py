@@ -209,7 +209,7 @@ def test_hf_datasets_mapped_by_columns(tmp_path: Path, model: VisionLanguageMode
         model, dataset[1]["input_ids"]
     )
     assert dataset[1]["pixel_values"].shape == (1, 3, 96, 96)
-    assert dm.lengths("hf", "train")[0] > model.num_image_tokens  # estimated without decoding images
+    assert dm.lengths("hf", "train").tokens[0] > model.num_image_tokens  # estimated without decoding images
 
 
 def test_mixture_yields_sources_in_the_configured_ratio(tmp_path: Path, model: VisionLanguageModel) -> None:

@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vlmlab.data.formats import read_split
+from vlmlab.data.lengths import SampleLengths, estimate_length
 from vlmlab.data.record_store import RecordStore, iter_json_list
-from vlmlab.data.sampler import estimate_length
 from vlmlab.errors import UsageError
 
 
@@ -44,7 +44,8 @@ def test_records_round_trip_and_their_length_estimates() -> None:
         store[len(records)]
     store[3]["id"] = "changed"  # a read is a new dict: the store does not change
     assert store[3] == records[3]
-    assert store.estimated_lengths(576)[:-1] == [estimate_length(r, 576) for r in records[:-1]]
+    expected = SampleLengths.of(estimate_length(r, 576) for r in records[:-1])
+    assert store.estimated_lengths(576).select(range(len(records) - 1)) == expected
 
 
 def test_llava_json_is_read_one_record_at_a_time(tmp_path: Path) -> None:

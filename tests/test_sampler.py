@@ -7,14 +7,19 @@ from collections import Counter
 import pytest
 import torch
 
-from vlmlab.data.sampler import GroupedMixtureSampler, estimate_length
+from vlmlab.data.lengths import SampleLength, SampleLengths, estimate_length
+from vlmlab.data.sampler import GroupedMixtureSampler
 
 
-def mixed_lengths(n: int, seed: int = 0) -> list[int]:
-    """A long-tailed length distribution; every fourth sample is text-only (negative)."""
+def mixed_lengths(n: int, seed: int = 0) -> SampleLengths:
+    """A long-tailed length distribution; every fourth sample is text-only."""
     generator = torch.Generator().manual_seed(seed)
     lengths = (torch.randint(20, 200, (n,), generator=generator) * torch.rand(n, generator=generator) ** 3 + 580).long()
-    return [-int(v) if i % 4 == 0 else int(v) for i, v in enumerate(lengths)]
+    return SampleLengths(lengths.tolist(), [i % 4 != 0 for i in range(n)])
+
+
+def same_lengths(n: int) -> SampleLengths:
+    return SampleLengths([5] * n, [True] * n)
 
 
 def batches_of(sampler: GroupedMixtureSampler) -> list[list[int]]:
@@ -23,14 +28,20 @@ def batches_of(sampler: GroupedMixtureSampler) -> list[list[int]]:
 
 
 def test_weights_repeats_and_determinism() -> None:
-    sampler = GroupedMixtureSampler([[5] * 10, [5] * 20], [2.5, 0.5], batch_size=5, group_by_length=False, seed=1)
+    sampler = GroupedMixtureSampler(
+        [same_lengths(10), same_lengths(20)], [2.5, 0.5], batch_size=5, group_by_length=False, seed=1
+    )
     indices = list(sampler)
     assert len(indices) == len(sampler) == 35
     per_source = Counter(i < 10 for i in indices)
     assert per_source[True] == 25 and per_source[False] == 10
     assert min(Counter(i for i in indices if i < 10).values()) >= 2  # every record of the first source twice
     assert (
-        list(GroupedMixtureSampler([[5] * 10, [5] * 20], [2.5, 0.5], batch_size=5, seed=1, group_by_length=False))
+        list(
+            GroupedMixtureSampler(
+                [same_lengths(10), same_lengths(20)], [2.5, 0.5], batch_size=5, seed=1, group_by_length=False
+            )
+        )
         == indices
     )
     sampler.set_epoch(1)
@@ -42,14 +53,14 @@ def test_grouped_batches_hold_one_modality_and_the_longest_comes_first() -> None
     sampler = GroupedMixtureSampler([lengths], [1.0], batch_size=8, seed=3)
     batches = batches_of(sampler)
     assert len(batches) == 50 and sorted(i for b in batches for i in b) == list(range(400))
-    longest = max(range(400), key=lambda i: abs(lengths[i]))
+    longest = max(range(400), key=lambda i: lengths.tokens[i])
     assert longest in batches[0]
-    mixed = [b for b in batches if len({lengths[i] > 0 for i in b}) > 1]
+    mixed = [b for b in batches if len({lengths.has_image[i] for i in b}) > 1]
     assert len(mixed) <= 1  # only the batch of both modalities' remainders may mix
 
     # Sorting within global batches cuts padding: compare with random batches of the same data.
     def padding(batches: list[list[int]]) -> int:
-        return sum(max(abs(lengths[i]) for i in b) * len(b) - sum(abs(lengths[i]) for i in b) for b in batches)
+        return sum(max(lengths.tokens[i] for i in b) * len(b) - sum(lengths.tokens[i] for i in b) for b in batches)
 
     random_batches = batches_of(GroupedMixtureSampler([lengths], [1.0], batch_size=8, seed=3, group_by_length=False))
     assert padding(batches) < 0.5 * padding(random_batches)
@@ -68,7 +79,7 @@ def test_ranks_split_each_global_batch_and_cover_it() -> None:
     single = GroupedMixtureSampler([lengths], [1.0], batch_size=12, seed=5)
     for step, global_batch in enumerate(batches_of(single)):
         assert sum((share[step] for share in shares), []) == global_batch
-    longest = max(seen, key=lambda i: abs(lengths[i]))
+    longest = max(seen, key=lambda i: lengths.tokens[i])
     assert longest in shares[0][0]  # rank 0's first batch holds the epoch's longest sample
 
 
@@ -115,9 +126,9 @@ def test_resume_continues_the_epoch_and_after_its_end_the_next() -> None:
     assert after_the_end.epoch == 1 and list(after_the_end) == full
 
 
-def test_estimate_length_signs_the_modality() -> None:
+def test_estimate_length_counts_words_and_image_tokens_and_flags_the_modality() -> None:
     text = {"conversations": [{"from": "human", "value": "two words"}, {"from": "gpt", "value": "three more words"}]}
-    assert estimate_length(text, image_tokens=576) == -5
-    assert estimate_length({**text, "image": "a.jpg"}, image_tokens=576) == 581
-    assert estimate_length({**text, "image": ["a.jpg", "b.jpg"]}, image_tokens=576) == 1157
-    assert estimate_length({"id": 1, "error": ["malformed", "x"]}, image_tokens=576) == 0
+    assert estimate_length(text, image_tokens=576) == SampleLength(5, has_image=False)
+    assert estimate_length({**text, "image": "a.jpg"}, image_tokens=576) == SampleLength(581, has_image=True)
+    assert estimate_length({**text, "image": ["a.jpg", "b.jpg"]}, image_tokens=576) == SampleLength(1157, True)
+    assert estimate_length({"id": 1, "error": ["malformed", "x"]}, image_tokens=576) == SampleLength(0, False)

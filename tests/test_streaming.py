@@ -16,6 +16,7 @@ import torch
 from tests.published_formats import bad_llava_dataset, write_coco_captions, write_docvqa, write_json, write_vqav2
 from tests.test_formats import data_config, hf_table
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.lengths import SampleLengths
 from vlmlab.data.optimize import optimize_split
 from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler, padding_waste
 from vlmlab.data.shards import ShardRecords, read_meta
@@ -101,7 +102,7 @@ def test_optimize_leaves_bad_records_out_and_shards_give_the_files_samples(
         assert (a["pixel_values"] is None) == (b["pixel_values"] is None)
         if a["pixel_values"] is not None:
             assert torch.equal(a["pixel_values"], b["pixel_values"])
-    kept_lengths = [files.lengths(source, "train")[i] for i in result.report.kept]
+    kept_lengths = files.lengths(source, "train").select(result.report.kept)
     assert shards.lengths(source, "train") == kept_lengths  # from lengths.npz, no item read
 
 
@@ -136,10 +137,15 @@ def chunk_of(chunk_sizes: list[list[int]]) -> list[tuple[int, int]]:
     return [(s, c) for s, sizes in enumerate(chunk_sizes) for c, n in enumerate(sizes) for _ in range(n)]
 
 
+def modality_lengths(signed: torch.Tensor) -> SampleLengths:
+    """Lengths in LLaVA's convention (negative: text-only) as the sampler takes them."""
+    return SampleLengths(signed.abs().tolist(), (signed > 0).tolist())
+
+
 def test_streaming_sampler_shards_chunks_across_processes_with_equal_steps() -> None:
     generator = torch.Generator().manual_seed(0)
     chunk_sizes = [[40] * 10 + [17], [25] * 12]  # 417 and 300 records
-    lengths = [torch.randint(-60, 300, (sum(c),), generator=generator).tolist() for c in chunk_sizes]
+    lengths = [modality_lengths(torch.randint(-60, 300, (sum(c),), generator=generator)) for c in chunk_sizes]
     where = chunk_of(chunk_sizes)
     samplers = [
         StreamingMixtureSampler(
@@ -168,7 +174,7 @@ def test_streaming_sampler_shards_chunks_across_processes_with_equal_steps() -> 
 def test_streaming_sampler_resumes_exactly_and_groups_within_its_buffer() -> None:
     generator = torch.Generator().manual_seed(1)
     chunk_sizes = [[64] * 20]
-    lengths = [torch.randint(-80, 400, (1280,), generator=generator).tolist()]
+    lengths = [modality_lengths(torch.randint(-80, 400, (1280,), generator=generator))]
     common = dict(lengths=lengths, weights=[1.5], batch_size=8, micro_batch_size=4, seed=3)
     sampler = StreamingMixtureSampler(**common, chunk_sizes=chunk_sizes, shuffle_buffer=256)
     sampler.set_epoch(1)
@@ -176,8 +182,8 @@ def test_streaming_sampler_resumes_exactly_and_groups_within_its_buffer() -> Non
     sampler.resume_at(1, 37)
     assert list(sampler) == whole[37 * 4 :]  # the same samples after micro-batch 37, none repeated or skipped
 
-    table = torch.tensor(lengths[0])
-    mixed = [b for b in plan(sampler, 0) if not ((table[b] > 0).all() or (table[b] <= 0).all())]
+    table, has_image = torch.tensor(lengths[0].tokens), torch.tensor(lengths[0].has_image)
+    mixed = [b for b in plan(sampler, 0) if not (has_image[b].all() or (~has_image[b]).all())]
     assert len(mixed) <= 1920 // 256 + 1  # one modality per micro-batch, but for one remainder per buffer
     ungrouped = StreamingMixtureSampler(**common, chunk_sizes=chunk_sizes, shuffle_buffer=256, group_by_length=False)
     grouped_globally = GroupedMixtureSampler(**common)

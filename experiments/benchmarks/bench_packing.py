@@ -24,6 +24,7 @@ import torch
 
 from vlmlab.data.chat_format import IGNORE_INDEX
 from vlmlab.data.conversation_dataset import collate
+from vlmlab.data.lengths import SampleLength, SampleLengths
 from vlmlab.data.packing import collate_packed, pack_rows
 from vlmlab.data.sampler import GroupedMixtureSampler
 from vlmlab.models.connectors import MLPConnector
@@ -38,9 +39,9 @@ from bench_data_loading import IMAGE_TOKENS, llava_665k_like_lengths  # noqa: E4
 PACK_LENGTH = 2048  # LLaVA-1.5's max_length: every sample fits one row
 
 
-def padding_waste(lengths: list[int], batch_size: int) -> dict[str, float]:
+def padding_waste(lengths: SampleLengths, batch_size: int) -> dict[str, float]:
     """Padded share of token positions over one epoch: random, grouped, and random batches packed."""
-    absolute = torch.tensor(lengths).abs()
+    absolute = torch.tensor(lengths.tokens)
     waste = {}
     for name, grouped in (("random", False), ("grouped", True)):
         sampler = GroupedMixtureSampler([lengths], [1.0], batch_size, group_by_length=grouped)
@@ -55,10 +56,9 @@ def padding_waste(lengths: list[int], batch_size: int) -> dict[str, float]:
     return waste
 
 
-def sample(length: int, vocab: int, image_token_id: int, generator: torch.Generator) -> dict:
+def sample(length: SampleLength, vocab: int, image_token_id: int, generator: torch.Generator) -> dict:
     """A training sample of `length` tokens: (image) prompt, then an answer of a third of the text."""
-    has_image = length > 0
-    n = abs(length)
+    n, has_image = length
     ids = torch.randint(4, vocab, (n,), generator=generator)
     ids[ids == image_token_id] = 4
     if has_image:
@@ -116,9 +116,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2, help="LLM decoder layers")
     args = parser.parse_args()
     lengths = llava_665k_like_lengths()
-    absolute = torch.tensor(lengths).abs().float()
+    absolute = torch.tensor(lengths.tokens).float()
     print(
-        f"{machine()}; {len(lengths)} samples, {sum(v < 0 for v in lengths)} text-only; tokens p50 "
+        f"{machine()}; {len(lengths)} samples, {lengths.has_image.count(False)} text-only; tokens p50 "
         f"{absolute.median():.0f}, p90 {absolute.quantile(0.9):.0f}, max {absolute.max():.0f}"
     )
     print("| micro-batch | random | grouped | packed, rows of 2048 | packed, one row |\n|---|---|---|---|---|")
@@ -135,7 +135,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     pad, image_token_id, vocab = tok.pad_token_id, model.image_token_id, len(tok)
     generator = torch.Generator().manual_seed(0)
-    subset = [lengths[i] for i in torch.randperm(len(lengths), generator=generator)[:20_000].tolist()]
+    subset = lengths.select(torch.randperm(len(lengths), generator=generator)[:20_000].tolist())
     orders = {
         grouped: GroupedMixtureSampler([subset], [1.0], args.batch_size, group_by_length=grouped).global_batches()
         for grouped in (False, True)

@@ -30,7 +30,8 @@ from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import ConversationDataset, collate
 from vlmlab.data.formats import read_llava
 from vlmlab.data.image_processing import ImageProcessor
-from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler, estimate_length
+from vlmlab.data.lengths import SampleLengths, estimate_length
+from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler
 from vlmlab.data.sampler import padding_waste as sampler_padding_waste
 from vlmlab.data.synthetic import tokenizer_corpus
 from vlmlab.models.encoders.base import ImagePreprocessing
@@ -97,11 +98,11 @@ def loading_throughput(path: Path, workers: Sequence[int], batch_size: int, epoc
     return results
 
 
-def llava_665k_like_lengths(seed: int = 0) -> list[int]:
+def llava_665k_like_lengths(seed: int = 0) -> SampleLengths:
     """Token lengths modelled on LLaVA-1.5's mix (source sizes from the LLaVA-1.5 paper, table 7).
 
     Each source: (records, median text tokens, log-normal spread). Image records add 576 tokens;
-    ShareGPT is text-only (negative, as the sampler's modality sign). The VQA-style sources are the
+    ShareGPT is text-only. The VQA-style sources are the
     many-question-per-image conversations LLaVA-1.5 builds, hence their hundreds of text tokens.
     """
     sources = {
@@ -116,11 +117,12 @@ def llava_665k_like_lengths(seed: int = 0) -> list[int]:
         "vg": (86_000, 260, 0.5, True),
     }
     generator = torch.Generator().manual_seed(seed)
-    lengths = []
+    tokens, images = [], []
     for count, median, spread, has_image in sources.values():
         text = (math.log(median) + spread * torch.randn(count, generator=generator)).exp().clamp(8, 2048 - 577)
-        lengths += [(IMAGE_TOKENS + int(t)) if has_image else -int(t) for t in text]
-    return lengths
+        tokens += [(IMAGE_TOKENS + int(t)) if has_image else int(t) for t in text]
+        images += [has_image] * count
+    return SampleLengths(tokens, images)
 
 
 ORDERS = {
@@ -131,12 +133,12 @@ ORDERS = {
 
 
 def padding_waste(
-    lengths: list[int], batch_size: int, num_replicas: int, order: str, shuffle_buffer: int = 4096, chunk: int = 400
+    lengths: SampleLengths, batch_size: int, num_replicas: int, order: str, shuffle_buffer: int = 4096, chunk: int = 400
 ) -> tuple[float, int]:
     """(fraction of padded token positions, longest sample of the first step) over one epoch, all ranks.
     `streaming`: the records in LitData chunks of `chunk` records, each process's part shuffled and grouped
     within windows of `shuffle_buffer` samples (`StreamingMixtureSampler`)."""
-    table = torch.tensor(lengths)
+    table = torch.tensor(lengths.tokens)
     batches, first = [], 0
     for rank in range(num_replicas):
         common = dict(
@@ -154,7 +156,7 @@ def padding_waste(
             sampler = GroupedMixtureSampler(**common, group_by_length=order == "grouped")
         rank_batches = sampler.micro_batches()
         batches += rank_batches
-        first = max(first, int(table[rank_batches[0]].abs().max()))
+        first = max(first, int(table[rank_batches[0]].max()))
     return sampler_padding_waste(batches, table), first
 
 
@@ -176,12 +178,12 @@ def main() -> None:
             loading_throughput(path, args.workers, args.batch_size, args.epochs)
 
     if args.llava_json:
-        lengths = [estimate_length(r, IMAGE_TOKENS) for r in json.loads(args.llava_json.read_text())]
+        lengths = SampleLengths.of(estimate_length(r, IMAGE_TOKENS) for r in json.loads(args.llava_json.read_text()))
     else:
         lengths = llava_665k_like_lengths()
-    absolute = torch.tensor(lengths).abs().float()
+    absolute = torch.tensor(lengths.tokens).float()
     print(
-        f"{len(lengths)} samples, {sum(v < 0 for v in lengths)} text-only; tokens p50 {absolute.median():.0f}, "
+        f"{len(lengths)} samples, {lengths.has_image.count(False)} text-only; tokens p50 {absolute.median():.0f}, "
         f"p90 {absolute.quantile(0.9):.0f}, max {absolute.max():.0f}"
     )
     print("| per-GPU batch | GPUs | order | padding waste | longest sample at step 1 |")

@@ -26,9 +26,10 @@ from vlmlab.data.image_processing import (
     image_processor_for,
     image_size,
 )
+from vlmlab.data.lengths import SampleLengths, estimate_length
 from vlmlab.data.packing import collate_packed
 from vlmlab.data.record_store import RecordStore
-from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler, estimate_length
+from vlmlab.data.sampler import GroupedMixtureSampler, StreamingMixtureSampler
 from vlmlab.data.shards import ShardRecords
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.errors import UsageError
@@ -279,8 +280,8 @@ class VLMDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def lengths(self, source: str, split: str) -> list[int]:
-        """Estimated sample lengths (negative: text-only), for grouping batches. Tiled images count their
+    def lengths(self, source: str, split: str) -> SampleLengths:
+        """Estimated sample lengths and modalities, for grouping batches. Tiled images count their
         own tokens, from the size in each image's header (read once per record, not decoded)."""
         records = self.records(source, split)
         tiled = self.image_processor.tiling is not None and self.image_layout is not None
@@ -292,9 +293,9 @@ class VLMDataModule(L.LightningDataModule):
                 return records.estimated_lengths(self.formatter.num_image_tokens)
             if isinstance(records, HFRecords):
                 records = records.text_records()
-            return [estimate_length(r, self.formatter.num_image_tokens) for r in records]
+            return SampleLengths.of(estimate_length(r, self.formatter.num_image_tokens) for r in records)
         count = partial(self.tiled_image_tokens, policy=self.image_policy(source, split))
-        return [estimate_length(r, count) for r in records]
+        return SampleLengths.of(estimate_length(r, count) for r in records)
 
     def tiled_image_tokens(self, image: Any, policy: ImagePolicy) -> int:
         """Tokens of one (tiled) image; an unreadable image (or one `policy` refuses) counts as untiled (its record

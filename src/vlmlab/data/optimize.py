@@ -23,7 +23,7 @@ from vlmlab.data.conversation_dataset import record_images
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.formats import HFRecords
 from vlmlab.data.image_processing import image_size
-from vlmlab.data.record_store import record_image_count, record_words
+from vlmlab.data.lengths import record_image_count, record_words
 from vlmlab.data.shards import (
     FORMAT_VERSION,
     LENGTHS_FILE,

@@ -21,34 +21,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vlmlab.data.lengths import SampleLengths, lengths_from_counts, record_image_count, record_words
 from vlmlab.errors import UsageError
 
 Record = dict[str, Any]
 CHUNK = 8192  # records encoded per Arrow chunk while building
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-def record_words(record: Any) -> int:
-    """Words of all the record's turns (the unit of length estimates)."""
-    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-        return 0
-    return sum(
-        len(str(turn.get("value", turn.get("content", ""))).split())
-        for turn in record["conversations"]
-        if isinstance(turn, dict)
-    )
-
-
-def record_image_count(record: Any) -> int:
-    image = record.get("image") if isinstance(record, dict) else None
-    return 0 if image is None else 1 if isinstance(image, str | dict) else len(image)
-
-
-def lengths_from_counts(words: np.ndarray, images: np.ndarray, image_tokens: np.ndarray) -> list[int]:
-    """`vlmlab.data.sampler.estimate_length` from per-record counts: words plus the record's image tokens,
-    or minus the words (at least 1) for a text-only record."""
-    lengths = words.astype(np.int64) + image_tokens
-    return np.where(images > 0, lengths, -np.maximum(words, 1)).tolist()
 
 
 class RecordStore(Sequence[Record]):
@@ -92,8 +70,8 @@ class RecordStore(Sequence[Record]):
         for index in range(len(self)):
             yield self[index]
 
-    def estimated_lengths(self, image_tokens: int) -> list[int]:
-        """`vlmlab.data.sampler.estimate_length` of every record, from the stored counts."""
+    def estimated_lengths(self, image_tokens: int) -> SampleLengths:
+        """`vlmlab.data.lengths.estimate_length` of every record, from the stored counts."""
         return lengths_from_counts(self.words, self.images, self.images.astype(np.int64) * image_tokens)
 
     @property

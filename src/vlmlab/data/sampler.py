@@ -4,29 +4,12 @@ processes, and puts the batch with the longest sample first so an out-of-memory 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler
 
-from vlmlab.data.record_store import record_words
-
-
-def estimate_length(record: Any, image_tokens: int | Callable[[Any], int]) -> int:
-    """Words of all turns plus the image tokens, negative for a text-only record (LLaVA's convention:
-    the sign is the modality). Cheap enough for 665K records; the order is what matters, not the unit.
-    `image_tokens`: tokens per image, or a function of the image (path or stored image) giving them."""
-    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-        return 0
-    words = record_words(record)
-    image = record.get("image")
-    images = [] if image is None else [image] if isinstance(image, str | dict) else list(image)
-    if not images:
-        return -max(1, words)
-    if callable(image_tokens):
-        return words + sum(image_tokens(i) for i in images)
-    return words + len(images) * image_tokens
+from vlmlab.data.lengths import SampleLengths
 
 
 class GroupedMixtureSampler(DistributedSampler):
@@ -53,7 +36,7 @@ class GroupedMixtureSampler(DistributedSampler):
 
     def __init__(
         self,
-        lengths: Sequence[Sequence[int]],
+        lengths: Sequence[SampleLengths],
         weights: Sequence[float],
         batch_size: int,
         micro_batch_size: int | None = None,
@@ -76,7 +59,8 @@ class GroupedMixtureSampler(DistributedSampler):
                 f"{num_replicas} processes"
             )
         self.sizes = [len(part) for part in lengths]
-        self.lengths = torch.tensor([n for part in lengths for n in part], dtype=torch.long)
+        self.lengths = torch.tensor([n for part in lengths for n in part.tokens], dtype=torch.long)
+        self.has_image = torch.tensor([f for part in lengths for f in part.has_image], dtype=torch.bool)
         self.weights = list(weights)
         self.global_batch_size = batch_size
         self.batch_size = micro_batch_size
@@ -123,7 +107,7 @@ class GroupedMixtureSampler(DistributedSampler):
         return [indices[start : start + size] for start in range(0, len(indices) - size + 1, size)]
 
     def _by_length(self, indices: torch.Tensor) -> torch.Tensor:
-        return indices[torch.argsort(self.lengths[indices].abs(), descending=True, stable=True)]
+        return indices[torch.argsort(self.lengths[indices], descending=True, stable=True)]
 
     def global_batches(self) -> list[torch.Tensor]:
         """This epoch's global batches (each `batch_size` indices), in training order."""
@@ -134,7 +118,7 @@ class GroupedMixtureSampler(DistributedSampler):
             return self._chunks(indices, size)
         pool = size * self.length_group_batches
         batches, leftovers = [], []
-        for part in (indices[self.lengths[indices] > 0], indices[self.lengths[indices] <= 0]):
+        for part in (indices[self.has_image[indices]], indices[~self.has_image[indices]]):
             for start in range(0, len(part), pool):
                 ordered = self._by_length(part[start : start + pool])
                 batches += self._chunks(ordered, size)
@@ -144,7 +128,7 @@ class GroupedMixtureSampler(DistributedSampler):
         if not batches:
             return []
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-        longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i][0]].abs()))
+        longest = max(range(len(batches)), key=lambda i: int(self.lengths[batches[i][0]]))
         return [batches[longest]] + batches[:longest] + batches[longest + 1 :]
 
     def micro_batches(self) -> list[torch.Tensor]:
@@ -196,7 +180,7 @@ class StreamingMixtureSampler(GroupedMixtureSampler):
 
     def __init__(
         self,
-        lengths: Sequence[Sequence[int]],
+        lengths: Sequence[SampleLengths],
         weights: Sequence[float],
         chunk_sizes: Sequence[Sequence[int]],
         batch_size: int,
@@ -245,7 +229,7 @@ class StreamingMixtureSampler(GroupedMixtureSampler):
         if not self.group_by_length:
             return self._chunks(window, size)
         batches, leftovers = [], []
-        for part in (window[self.lengths[window] > 0], window[self.lengths[window] <= 0]):
+        for part in (window[self.has_image[window]], window[~self.has_image[window]]):
             ordered = self._by_length(part)
             batches += self._chunks(ordered, size)
             leftovers.append(ordered[len(ordered) // size * size :])
@@ -262,7 +246,7 @@ class StreamingMixtureSampler(GroupedMixtureSampler):
         for start in range(0, len(mine), self.shuffle_buffer):
             window = self._window_batches(mine[start : start + self.shuffle_buffer], generator)
             if start == 0 and window:
-                longest = max(range(len(window)), key=lambda i: int(self.lengths[window[i]].abs().max()))
+                longest = max(range(len(window)), key=lambda i: int(self.lengths[window[i]].max()))
                 window = [window[longest]] + window[:longest] + window[longest + 1 :]
             batches += window
         return batches
@@ -270,6 +254,6 @@ class StreamingMixtureSampler(GroupedMixtureSampler):
 
 def padding_waste(batches: Sequence[torch.Tensor], lengths: torch.Tensor) -> float:
     """The share of a padded batch's token slots that are padding, over all `batches` (index tensors)."""
-    slots = sum(len(b) * int(lengths[b].abs().max()) for b in batches if len(b))
-    used = sum(int(lengths[b].abs().sum()) for b in batches)
+    slots = sum(len(b) * int(lengths[b].max()) for b in batches if len(b))
+    used = sum(int(lengths[b].sum()) for b in batches)
     return 1 - used / slots if slots else 0.0

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
-from vlmlab.data.record_store import lengths_from_counts
+from vlmlab.data.lengths import SampleLengths, lengths_from_counts
 from vlmlab.dependency_corners import read_whole_chunks, storage_provider
 
 Record = dict[str, Any]
@@ -190,8 +190,8 @@ class ShardRecords(Sequence[Record]):
         start, stop = self.image_offsets[index], self.image_offsets[index + 1]
         return [(int(h), int(w)) for h, w in self.sizes[start:stop]]
 
-    def estimated_lengths(self, image_tokens: int | Callable[[tuple[int, int]], int]) -> list[int]:
-        """`vlmlab.data.sampler.estimate_length` of every record, from `lengths.npz`; `image_tokens` is the
+    def estimated_lengths(self, image_tokens: int | Callable[[tuple[int, int]], int]) -> SampleLengths:
+        """`vlmlab.data.lengths.estimate_length` of every record, from `lengths.npz`; `image_tokens` is the
         tokens per image or a function of an image's (height, width) (AnyRes)."""
         if callable(image_tokens):
             tokens = np.array([sum(map(image_tokens, self.image_sizes(i))) for i in range(len(self))], dtype=np.int64)
