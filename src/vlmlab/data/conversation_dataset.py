@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 import torch
 from torch.utils.data import Dataset
@@ -18,6 +18,24 @@ from vlmlab.models.image_layout import ImageTokenLayout
 log = logging.getLogger(__name__)
 
 BadRecordPolicy = Literal["raise", "skip"]
+
+
+class Sample(TypedDict, total=False):
+    """One record as the model takes it (`ConversationDataset[i]`); a record that cannot become one, under
+    `on_bad_record=skip`, is only `skipped` (the reason), `id` and `message`, which `collate` counts and drops."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor  # training samples: the answer tokens, -100 elsewhere
+    answers: list[str]  # prompt-only samples: the references
+    pixel_values: torch.Tensor | None  # [images or tiles, 3, H, W]
+    image_features: torch.Tensor | None  # from the feature cache, in place of pixel_values
+    image_grids: torch.Tensor | None  # [images, 4]
+    id: Any
+    index: int
+    task: str
+    source: str
+    skipped: str
+    message: str
 
 
 class StoredImageFeatures(Protocol):
@@ -117,7 +135,7 @@ class ConversationDataset(Dataset):
             return None
         return [self.image_layout.count(grid) for grid in grids.tolist()]
 
-    def encode(self, record: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+    def encode(self, record: dict[str, Any], index: int | None = None) -> Sample:
         if not isinstance(record, dict):
             raise SampleError("malformed", f"a record must be a JSON object, got {type(record).__name__}")
         if "error" in record:  # the format reader found this entry unusable
@@ -134,7 +152,7 @@ class ConversationDataset(Dataset):
                 f"the conversations hold {placeholders} {self.formatter.image_token} placeholders but the record "
                 f"has {len(paths)} images; each image needs exactly one placeholder",
             )
-        sample: dict[str, Any] = {}
+        sample: Sample = {}
         if self.features is not None and index is not None:
             sample["pixel_values"] = None
             sample["image_features"], grids = self.features.get(index)  # (tiles, N, d) and (k, 4), or None
@@ -155,7 +173,7 @@ class ConversationDataset(Dataset):
         sample.update(id=record.get("id"), task=self.task, source=self.source)
         return sample
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> Sample:
         record = self.records[index]
         try:
             return {**self.encode(record, index), "index": index}
@@ -169,7 +187,7 @@ class ConversationDataset(Dataset):
             raise SampleError(err.reason, message) from err
 
 
-def collate(samples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> Batch:
+def collate(samples: Sequence[Sample], pad_token_id: int, padding_side: str = "right") -> Batch:
     """Pad to the longest sample (right for training, left for generation) and stack all images in order.
 
     Skipped records are dropped and counted by reason under `skipped`; a batch whose records were all

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from vlmlab.data.chat_format import IGNORE_INDEX
+from vlmlab.data.conversation_dataset import Sample
 from vlmlab.models.batch import Batch
 
 # per-sample image tensors (tiles, grid rows), concatenated in packing order
@@ -51,7 +51,7 @@ def pack_rows(lengths: Sequence[int], pack_length: int | None) -> list[list[int]
     return rows
 
 
-def collate_packed(samples: Sequence[dict[str, Any]], pad_token_id: int, pack_length: int | None) -> Batch:
+def collate_packed(samples: Sequence[Sample], pad_token_id: int, pack_length: int | None) -> Batch:
     """Training batch of packed rows, padded on the right to the fullest row.
 
     `position_ids` restart at every sample (and at the padding tail, which thus attends only to
