@@ -2,13 +2,13 @@
 command's console-script entry point (`main()`, what the installed `vlmlab-*` script calls): the real CLI (Hydra's
 composition, the checks, the one-line errors and exit codes) without a new interpreter importing torch, Lightning,
 transformers and MLflow again (~8 s a command). `with_tests_importable`: the environment of a command started as a
-process. `free_port`: a port for a server a test starts."""
+process."""
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +25,6 @@ def with_tests_importable() -> dict[str, str]:
     """This process's environment with the repository on PYTHONPATH: a command started with it can load the
     test-only callbacks of tests/scripts (`+callbacks.x._target_=tests.scripts....`)."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (for a server or a process group a test starts)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_main(
@@ -66,6 +59,22 @@ def run_main(
                 handler.close()
         root.setLevel(level)
     return code, capsys.readouterr().err if capsys is not None else ""
+
+
+def run_in_process(
+    main: Callable[[], object],
+    command: list[str],
+    cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> subprocess.CompletedProcess:
+    """`command` (`[<vlmlab-* script>, args...]`) as `run_main` runs it, its exit code and both output streams as a
+    CompletedProcess (a run of the script's process would give the same), tables at full width."""
+    monkeypatch.setenv("COLUMNS", "250")
+    capsys.readouterr()
+    code, _ = run_main(main, Path(command[0]).name, command[1:], cwd, monkeypatch)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(command, code, out.out, out.err)
 
 
 def one_line(stderr: str, command: str) -> str:

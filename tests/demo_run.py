@@ -3,28 +3,21 @@ trained model. Its stage folders are what a user hands to vlmlab-generate, vlmla
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 from tests.cli_in_process import BIN
-from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
-
-
-def run_cli(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run(args, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=300, env=env)
+from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, run_command
 
 
 def train_demo_run(folder: Path, synth_root: Path) -> Path:
     """The run folder (with `.hydra/config.yaml` and `stages/{pretrain,align,instruct}`) of the demo with LLaVA's
     parts: the tiny transformers CLIP tower, the MLP projector and the tiny Llama."""
-    result = run_cli(
+    result = run_command(
         [
             str(BIN / "vlmlab-train"),
             "experiment=demo",
-            *FAST_OVERRIDES,
-            *DEMO_PRETRAIN_OVERRIDES,
+            *TINY_OVERRIDES,
+            *TINY_DEMO_PRETRAIN,
             "model/encoder=tiny_clip",
             "eval.enabled=false",
             "~callbacks.generation_validation",

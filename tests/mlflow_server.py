@@ -13,7 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.cli_in_process import BIN, free_port
+from tests.cli_in_process import BIN
+from vlmlab.testing import free_port
 
 
 class Server:

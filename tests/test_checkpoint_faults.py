@@ -20,15 +20,15 @@ import torch
 from safetensors.torch import load_file
 
 from tests.cli_in_process import BIN, run_main, with_tests_importable
-from tests.conftest import FAST_OVERRIDES
 from vlmlab.cli.train import main as train_main
+from vlmlab.testing import TINY_OVERRIDES
 
 STEPS = 6
 
 
 def overrides(run: str) -> list[str]:
     return [
-        *FAST_OVERRIDES,
+        *TINY_OVERRIDES,
         f"curriculum.stages.instruct.max_steps={STEPS}",
         f"curriculum.stages.instruct.val_check_interval={STEPS}",
         "callbacks.checkpoint.every_n_train_steps=2",

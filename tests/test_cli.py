@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.cli_in_process import BIN
-from tests.conftest import FAST_OVERRIDES, MODEL_OVERRIDES
+from tests.cli_in_process import BIN, run_in_process
+from tests.conftest import MODEL_OVERRIDES
 from tests.published_formats import bad_llava_dataset, write_docvqa
+from vlmlab.cli.data import main as data_main
+from vlmlab.cli.evaluate import main as eval_main
+from vlmlab.testing import TINY_OVERRIDES, run_command
 
 SYNTHETIC_METRICS = {  # what the synthetic sources are scored with, and their blind baselines
     "caption": ["cider", *(f"bleu_{n}" for n in range(1, 5))],
@@ -24,16 +27,13 @@ SYNTHETIC_METRICS = {  # what the synthetic sources are scored with, and their b
 SYNTHETIC_METRICS = {s: names + [f"blind_{n}" for n in names] for s, names in SYNTHETIC_METRICS.items()}
 
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "250"}  # rich tables at full width
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
-
-
-def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None:
-    result = run(
+def test_train_cli_runs_the_curriculum(
+    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    result = run_command(
         [
             str(BIN / "vlmlab-train"),
-            *FAST_OVERRIDES,
+            *TINY_OVERRIDES,
             f"data.root={synth_root}",
             "experiment_name=cli",
             "hydra.run.dir=run",
@@ -60,7 +60,7 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None
 
     # vlmlab-eval on the stage folder, which describes its model: the same scores, submission files, an MLflow run.
     evaluate = [str(BIN / "vlmlab-eval"), "checkpoint=run/stages/instruct"]  # the run's data: its data options
-    result = run([*evaluate, "hydra.run.dir=eval", "sources=[vqa,doc]"], cwd=tmp_path)
+    result = run_command([*evaluate, "hydra.run.dir=eval", "sources=[vqa,doc]"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert scores == {k: v for k, v in metrics.items() if k.split("/")[1] in ("vqa", "doc")}
@@ -76,18 +76,22 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path) -> None
     assert eval_runs[0].data.metrics["test/vqa/vqa_accuracy"] == scores["test/vqa/vqa_accuracy"]
     assert eval_runs[0].data.tags["checkpoint"].endswith("stages/instruct/model.safetensors")
 
-    retyped = run([*evaluate, "hydra.run.dir=eval2", "model.llm.config.num_hidden_layers=2"], cwd=tmp_path)
+    # its mistakes, in this process (the command's process is the smoke test above)
+    def in_process(command: list[str]) -> subprocess.CompletedProcess:
+        return run_in_process(eval_main, command, tmp_path, monkeypatch, capsys)
+
+    retyped = in_process([*evaluate, "hydra.run.dir=eval2", "model.llm.config.num_hidden_layers=2"])
     assert retyped.returncode != 0 and "already says which model" in retyped.stderr  # not silently ignored
-    model = [o for o in FAST_OVERRIDES if o.startswith("model.")]
+    model = [o for o in TINY_OVERRIDES if o.startswith("model.")]
     wrong = [*evaluate, *model, "model_source=groups", "hydra.run.dir=eval3", "model.llm.config.num_hidden_layers=2"]
-    wrong = run(wrong, cwd=tmp_path)
+    wrong = in_process(wrong)
     assert wrong.returncode != 0
     assert "does not fit the model built from this config (missing: llm.model.model.layers.1." in wrong.stderr
     assert "Use the model/* choices and overrides of the run that wrote it" in wrong.stderr
 
 
 def test_data_cli_writes_the_synthetic_dataset(tmp_path: Path) -> None:
-    result = run(
+    result = run_command(
         [
             str(BIN / "vlmlab-data"),
             "synth",
@@ -108,10 +112,13 @@ def test_data_cli_writes_the_synthetic_dataset(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "synth" / "doc" / "train.json").read_text())) == 4
 
 
-def test_data_check_reports_problems_or_stops_at_the_first(tmp_path: Path) -> None:
+def test_data_check_reports_problems_or_stops_at_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The report through the command's process; the stop, the JSON report and the usage errors in this process."""
     bad_llava_dataset(tmp_path)
     check = [str(BIN / "vlmlab-data"), "check", *MODEL_OVERRIDES, "data=llava", f"data.root={tmp_path}"]
-    report = run([*check, "data.on_bad_record=skip", "data.max_length=96", "data.num_workers=2"], cwd=tmp_path)
+    report = run_command([*check, "data.on_bad_record=skip", "data.max_length=96", "data.num_workers=2"], cwd=tmp_path)
     assert report.returncode == 1, report.stderr[-3000:]
     row = next(line for line in report.stdout.splitlines() if "instruct" in line)
     assert re.search(r"│ +8 │ +8/9 │", row)  # 8 records; 8 of their 9 images are on disk (nowhere.png is not)
@@ -121,7 +128,10 @@ def test_data_check_reports_problems_or_stops_at_the_first(tmp_path: Path) -> No
         "answer_truncated: 1 (e.g. late)" in report.stdout and "image_truncated: 1 (e.g. image-late)" in report.stdout
     )
 
-    stop = run([*check, "data.num_workers=2"], cwd=tmp_path)  # data.on_bad_record=raise is the default of check
+    def in_process(command: list[str]) -> subprocess.CompletedProcess:
+        return run_in_process(data_main, command, tmp_path, monkeypatch, capsys)
+
+    stop = in_process([*check, "data.num_workers=2"])  # data.on_bad_record=raise is the default of check
     assert stop.returncode == 3  # stopped at a bad record
     records_file = tmp_path / "llava_v1_5_mix665k.json"
     assert stop.stderr.startswith(f"error: source 'instruct' ({records_file}), record 'gone': image ")
@@ -129,38 +139,40 @@ def test_data_check_reports_problems_or_stops_at_the_first(tmp_path: Path) -> No
     assert "Traceback" not in stop.stderr
 
     # One source, machine-readable: every problem id by reason.
-    report = run([*check, "data.on_bad_record=skip", "data.max_length=96", "--source", "instruct", "--json"], tmp_path)
+    report = in_process([*check, "data.on_bad_record=skip", "data.max_length=96", "--source", "instruct", "--json"])
     assert report.returncode == 1, report.stderr[-3000:]
     splits = json.loads(report.stdout)["splits"]
     assert [(s["source"], s["split"]) for s in splits] == [("instruct", "train")]
     assert splits[0]["problems"]["image_count"] == ["two-images"] and splits[0]["records"] == 8
     assert set(splits[0]["token_length_percentiles"]) == {"p50", "p90", "p99", "p100"}
 
-    unknown = run([*check, "--source", "instruct2"], cwd=tmp_path)
+    unknown = in_process([*check, "--source", "instruct2"])
     assert unknown.returncode == 2
     assert (
         unknown.stderr.strip()
         == "vlmlab-data check: --source instruct2: not a source of this data config (pretrain, instruct)"
     )
     records_file.unlink()
-    missing = run(check, cwd=tmp_path)
+    missing = in_process(check)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().startswith(
         f"vlmlab-data check: data files not found: instruct.train.file={records_file}"
     )
 
 
-def test_data_check_names_the_file_and_field_of_a_malformed_record(tmp_path: Path) -> None:
+def test_data_check_names_the_file_and_field_of_a_malformed_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     write_docvqa(tmp_path)
     annotations = tmp_path / "docvqa" / "train" / "train_v1.0.json"
     content = json.loads(annotations.read_text())
     del content["data"][1]["question"]
     annotations.write_text(json.dumps(content))
     check = [str(BIN / "vlmlab-data"), "check", *MODEL_OVERRIDES, "data=docvqa", f"data.root={tmp_path}"]
-    stop = run([*check, "data.num_workers=0", "--split", "train"], cwd=tmp_path)
+    stop = run_in_process(data_main, [*check, "data.num_workers=0", "--split", "train"], tmp_path, monkeypatch, capsys)
     assert stop.returncode == 3, stop.stderr[-3000:]
     assert stop.stderr.startswith(
         f"error: source 'docvqa' ({annotations}), record 9001: the DocVQA entry has no 'question' (a string is needed)"
     )
-    bad_command = run([*check, "data.max_length=long"], cwd=tmp_path)
+    bad_command = run_in_process(data_main, [*check, "data.max_length=long"], tmp_path, monkeypatch, capsys)
     assert bad_command.returncode == 2 and bad_command.stderr.strip().startswith("vlmlab-data check: data.max_length:")

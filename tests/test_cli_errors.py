@@ -3,7 +3,6 @@ the fix, exit code 2, found before the model is built and before any MLflow run 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -13,15 +12,11 @@ import pytest
 from omegaconf import DictConfig
 
 from tests.cli_in_process import BIN
-from tests.conftest import FAST_OVERRIDES
 from vlmlab.errors import UsageError
 from vlmlab.preflight import check_before_training
+from vlmlab.testing import TINY_OVERRIDES, run_command
 
 USAGE_ERROR = 2
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, command: str, *fragments: str) -> None:
@@ -44,7 +39,7 @@ def train(
 ) -> subprocess.CompletedProcess:
     """`vlmlab-train` with the overrides (after the tiny-model ones unless `fast=False`: a mistake must be found
     before anything is built, whatever the model and data)."""
-    return run([str(BIN / "vlmlab-train"), *(FAST_OVERRIDES if fast else []), *overrides], workdir, env)
+    return run_command([str(BIN / "vlmlab-train"), *(TINY_OVERRIDES if fast else []), *overrides], workdir, env)
 
 
 # Each mistake and what its one line must say. All are checked in-process by `check_before_training`, the
@@ -90,7 +85,7 @@ def test_each_config_mistake_is_found_by_the_checks_before_training(
 
 
 def test_hydra_composition_errors_exit_with_the_usage_code(tmp_path: Path) -> None:
-    result = run([str(BIN / "vlmlab-train"), "model/encoder=tiny_vitt"], tmp_path)
+    result = run_command([str(BIN / "vlmlab-train"), "model/encoder=tiny_vitt"], tmp_path)
     assert result.returncode == USAGE_ERROR
     assert "Could not find 'model/encoder/tiny_vitt'" in result.stderr and "tiny_vit" in result.stderr
     assert_nothing_started(tmp_path)
@@ -139,7 +134,7 @@ def test_models_from_the_hub_fail_within_seconds_offline(tmp_path: Path, synth_r
 
 def test_eval_names_a_missing_checkpoint_and_missing_data(tmp_path: Path, synth_root: Path) -> None:
     evaluate = [str(BIN / "vlmlab-eval"), "data=synthetic", f"data.root={synth_root}"]
-    result = run([*evaluate, "checkpoint=outputs/nowhere/stages/instruct"], tmp_path)
+    result = run_command([*evaluate, "checkpoint=outputs/nowhere/stages/instruct"], tmp_path)
     assert_usage_error(result, "vlmlab-eval", "checkpoint=outputs/nowhere/stages/instruct: no such file or folder")
-    result = run([*evaluate, "checkpoint=.", "data=docvqa", f"data.root={tmp_path}"], tmp_path)
+    result = run_command([*evaluate, "checkpoint=.", "data=docvqa", f"data.root={tmp_path}"], tmp_path)
     assert_usage_error(result, "vlmlab-eval", "docvqa.test.annotations=", "Check data.root")

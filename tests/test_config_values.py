@@ -13,12 +13,12 @@ import pytest
 from omegaconf import DictConfig
 
 from tests.cli_in_process import one_line, run_main
-from tests.conftest import FAST_OVERRIDES
 from tests.published_formats import write_image, write_json
 from vlmlab.cli.data import main as data_main
 from vlmlab.cli.train import main as train_main
 from vlmlab.errors import UsageError
 from vlmlab.preflight import check_before_training
+from vlmlab.testing import TINY_OVERRIDES
 
 CPUS = os.cpu_count() or 1
 STAGE = "curriculum.stages.instruct"
@@ -55,7 +55,7 @@ def test_bad_values_through_the_cli_leave_nothing_behind(
 ) -> None:
     for case in ("negative-lr", "devices"):
         overrides, fragment = BAD_VALUES[case]
-        args = [*FAST_OVERRIDES, f"data.root={synth_root}", *overrides]
+        args = [*TINY_OVERRIDES, f"data.root={synth_root}", *overrides]
         code, stderr = run_main(train_main, "vlmlab-train", args, tmp_path, monkeypatch, capsys)
         assert code == 2 and fragment in one_line(stderr, "vlmlab-train")
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
@@ -66,7 +66,7 @@ def test_a_stage_that_would_train_on_no_sample_stops(
     tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """max_length below an image's tokens: every record is skipped, and the stage says so instead of finishing."""
-    args = [*FAST_OVERRIDES, f"data.root={synth_root}", "data.max_length=8", "~logger", "eval.enabled=false"]
+    args = [*TINY_OVERRIDES, f"data.root={synth_root}", "data.max_length=8", "~logger", "eval.enabled=false"]
     code, stderr = run_main(train_main, "vlmlab-train", args, tmp_path, monkeypatch, capsys)
     assert code == 2
     line = one_line(stderr, "vlmlab-train")
@@ -75,7 +75,7 @@ def test_a_stage_that_would_train_on_no_sample_stops(
 
 
 def check_report(root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    args = ["check", *[o for o in FAST_OVERRIDES if o.startswith("model.")], "data=llava", f"data.root={root}"]
+    args = ["check", *[o for o in TINY_OVERRIDES if o.startswith("model.")], "data=llava", f"data.root={root}"]
     args += ["data.on_bad_record=skip", "data.num_workers=0", "--json"]
     monkeypatch.chdir(root)
     capsys.readouterr()

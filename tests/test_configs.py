@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +18,7 @@ from vlmlab.data import schema
 from vlmlab.data.synthetic import SynthConfig
 from vlmlab.models.builder import build_vlm
 from vlmlab.presets import config_dir, preset_values
+from vlmlab.testing import compose_train
 from vlmlab.training.distributed import build_strategy, shard_units
 from vlmlab.training.stage import StageSpec, stage_specs
 
@@ -248,10 +247,8 @@ def test_every_strategy_preset_builds(compose_config, strategy: str) -> None:
 
 
 def test_slurm_launcher_takes_nodes_and_tasks_from_the_trainer() -> None:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        overrides = ["launcher=slurm", "trainer.num_nodes=2", "trainer.devices=8", "hydra.launcher.partition=gpu"]
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    overrides = ["launcher=slurm", "trainer.num_nodes=2", "trainer.devices=8", "hydra.launcher.partition=gpu"]
+    cfg = compose_train(overrides, return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)

@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from tests.cli_in_process import free_port
 from vlmlab.eval.retrieval import RetrievalRecall
 from vlmlab.models.contrastive_loss import clip_loss, siglip_loss
+from vlmlab.testing import free_port
 
 GLOBAL, DIM = 12, 16
 

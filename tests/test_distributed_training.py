@@ -15,15 +15,15 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.cli_in_process import BIN, free_port
-from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
+from tests.cli_in_process import BIN
+from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, free_port
 
 # instruct: optimizer steps of a global batch of 8 = 4 per process x 2 processes, or 4 x 2 accumulated. An epoch
 # is 110 samples (vqa 48 + doc 48 + 14 captions): 13 steps and a remainder of 6, on 1 process as on 2.
 STEPS = 16
 VAL_EVERY = 5  # optimizer steps
 COMMON = [
-    *FAST_OVERRIDES,
+    *TINY_OVERRIDES,
     "curriculum.stages.align.micro_batch_size=4",
     f"curriculum.stages.instruct.max_steps={STEPS}",
     f"curriculum.stages.instruct.val_check_interval={VAL_EVERY}",
@@ -193,13 +193,13 @@ def test_the_readme_ddp_example_on_the_demo(tmp_path: Path, synth_root: Path) ->
     final norm must not be left without a gradient (DDP stops on such a parameter), contrastively first."""
     command = [str(BIN / "vlmlab-train"), "experiment=demo", "trainer.devices=2", "strategy=ddp"]
     command += ["trainer.accelerator=cpu", f"data.root={synth_root}", "hydra.run.dir=demo-ddp", "eval.enabled=false"]
-    command += [o for o in FAST_OVERRIDES if o.startswith(("data.", "model.llm.tokenizer", "trainer.", "~"))]
+    command += [o for o in TINY_OVERRIDES if o.startswith(("data.", "model.llm.tokenizer", "trainer.", "~"))]
     command += [
         f"curriculum.stages.{s}.{k}={v}"
         for s in ("pretrain", "align", "instruct")
         for k, v in (("max_steps", 3), ("batch_size", 8), ("micro_batch_size", 4), ("val_check_interval", 3))
     ]
-    command += [o for o in DEMO_PRETRAIN_OVERRIDES if o.startswith("model.text_tower")]
+    command += [o for o in TINY_DEMO_PRETRAIN if o.startswith("model.text_tower")]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "demo-ddp" / "curriculum_state.json").read_text())

@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 import requests
 import yaml
 
-from tests.cli_in_process import BIN, free_port
+from tests.cli_in_process import BIN
+from vlmlab.testing import free_port
 from vlmlab.tracking.mlflow_runs import COMMIT_ENV, git_commit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -46,7 +46,8 @@ import requests
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.cli_in_process import BIN, REPO, free_port, run_main
+from tests.cli_in_process import BIN, REPO, run_main
+from vlmlab.testing import free_port
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 README_MAX_LINES = 300

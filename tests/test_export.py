@@ -18,7 +18,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from tests.demo_run import BIN, run_cli
+from tests.cli_in_process import BIN
 from tests.tiny_models import tiny_llama_config
 from vlmlab.cli.import_llava import import_llava
 from vlmlab.inference.answer import Assistant
@@ -27,6 +27,7 @@ from vlmlab.interop.hf_llava import check_fits_llava
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
 from vlmlab.models.weights import load_weights
+from vlmlab.testing import run_command
 
 
 def logits(model, inputs) -> torch.Tensor:
@@ -40,7 +41,7 @@ def test_exported_model_gives_vlmlabs_logits_and_generations_in_transformers(
     demo_run: Path, synth_root: Path, tmp_path: Path
 ) -> None:
     stage = demo_run / "stages" / "instruct"
-    result = run_cli([str(BIN / "vlmlab-export"), f"checkpoint={stage}", "output=llava"], cwd=tmp_path)
+    result = run_command([str(BIN / "vlmlab-export"), f"checkpoint={stage}", "output=llava"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     llava = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
     processor = AutoProcessor.from_pretrained(tmp_path / "llava")
@@ -178,18 +179,18 @@ def test_a_model_llava_cannot_express_is_refused_and_saved_in_vlmlabs_format(tok
 def test_an_incomplete_llava_folder_is_named_with_what_it_lacks(tokenizer, tmp_path: Path) -> None:
     tiny_llava(tokenizer, tmp_path / "hf", chat_template=None)
     generate = [str(BIN / "vlmlab-generate"), f"checkpoint={tmp_path / 'hf'}", "prompt=hi", "max_new_tokens=2"]
-    refused = run_cli(generate, cwd=tmp_path)  # a processor and tokenizer without a chat template
+    refused = run_command(generate, cwd=tmp_path)  # a processor and tokenizer without a chat template
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert refused.stderr.strip().splitlines()[-1] == (
         f"vlmlab-generate: {tmp_path / 'hf'}: neither its processor nor its tokenizer has a chat template; give one "
         "with chat_template=<a name (vicuna_v1 for LLaVA-1.5, simple) or a Jinja string>"
     )
-    answered = run_cli([*generate, "chat_template=vicuna_v1"], cwd=tmp_path)
+    answered = run_command([*generate, "chat_template=vicuna_v1"], cwd=tmp_path)
     assert answered.returncode == 0, answered.stderr[-3000:]
 
     for name in ("preprocessor_config.json", "processor_config.json", "tokenizer.json"):
         (tmp_path / "hf" / name).unlink(missing_ok=True)
-    imported = run_cli(
+    imported = run_command(
         [str(BIN / "vlmlab-import"), f"source={tmp_path / 'hf'}", f"output={tmp_path / 'vlm'}"], cwd=tmp_path
     )
     assert imported.returncode == 2 and "Traceback" not in imported.stderr, imported.stderr[-3000:]

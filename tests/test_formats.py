@@ -12,8 +12,6 @@ from typing import Any
 import datasets
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -33,25 +31,22 @@ from vlmlab.data.chat_format import IGNORE_INDEX, SampleError
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
-from vlmlab.presets import config_dir
+from vlmlab.testing import compose_train
 
 SHORT_VQA = "Answer the question using a single word or phrase."
 
 
 def data_config(root: Path, data: str, *overrides: str) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *MODEL_OVERRIDES,
-                f"paths.root_dir={root}",
-                f"data={data}",
-                f"data.root={root}",
-                "data.num_workers=0",
-                *overrides,
-            ],
-        )
+    cfg = compose_train(
+        [
+            *MODEL_OVERRIDES,
+            f"paths.root_dir={root}",
+            f"data={data}",
+            f"data.root={root}",
+            "data.num_workers=0",
+            *overrides,
+        ]
+    )
     validate_config(cfg)
     return cfg
 

@@ -17,10 +17,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.demo_run import BIN, run_cli
+from tests.cli_in_process import BIN
 from vlmlab.cli.generate import read_requests
 from vlmlab.inference.answer import Assistant, GenerationOptions
 from vlmlab.inference.loading import load_model
+from vlmlab.testing import run_command
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
     question = "Describe the image."
     expected = greedy(assistant, [assistant.user_message(question, 1)], images[:1])
     assert expected  # the stage answers with text, so the comparisons below can fail
-    single = run_cli(
+    single = run_command(
         [
             str(BIN / "vlmlab-generate"),
             f"checkpoint={stage}",
@@ -70,7 +71,7 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
         {"prompt": "Say something."},
     ]
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
-    batch = run_cli(
+    batch = run_command(
         [
             str(BIN / "vlmlab-generate"),
             f"checkpoint={stage}",
@@ -97,7 +98,7 @@ def test_bad_image_paths_and_a_config_that_does_not_fit_are_named(
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.raises(ValueError, match=rf"requests.jsonl line 2: image {tmp_path / 'missing.png'} does not exist"):
         read_requests(tmp_path / "requests.jsonl", tmp_path)
-    result = run_cli(
+    result = run_command(
         [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=nowhere/cat.png", "prompt=hi"], cwd=tmp_path
     )
     assert result.returncode != 0
@@ -136,7 +137,9 @@ def test_sampling_stop_strings_and_streaming(assistant: Assistant, images: list[
 
 def test_chat_through_a_pipe(stage: Path, assistant: Assistant, images: list[Path], tmp_path: Path) -> None:
     script = f"/image {images[0]}\nDescribe the image.\n/image missing.png\nAnd the colours?\n/quit\nnot read\n"
-    result = run_cli([str(BIN / "vlmlab-chat"), f"checkpoint={stage}", "max_new_tokens=6"], cwd=tmp_path, stdin=script)
+    result = run_command(
+        [str(BIN / "vlmlab-chat"), f"checkpoint={stage}", "max_new_tokens=6"], cwd=tmp_path, stdin=script
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     first_turn = [assistant.user_message("Describe the image.", 1)]
     first = greedy(assistant, first_turn, images[:1])
@@ -164,20 +167,20 @@ def test_prompts_are_free_text_as_the_readme_writes_them(
         *command[2:],
         "max_new_tokens=6",
     ]
-    result = run_cli(command, cwd=tmp_path)
+    result = run_command(command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     question = [{"role": "user", "content": "<image> or <image>: which is brighter?"}]
     assert result.stdout == greedy(assistant, question, images) + "\n"
 
     text = "What's in it, exactly? (a=b, [c]: ${d})"  # an apostrophe, commas, brackets, an interpolation
     free = [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=a.png", f"prompt={text}", "max_new_tokens=6"]
-    result = run_cli(free, cwd=tmp_path)
+    result = run_command(free, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == greedy(assistant, [assistant.user_message(text, 1)], images[:1]) + "\n"
 
 
 def test_chat_help_and_ctrl_c(stage: Path, tmp_path: Path) -> None:
-    helped = run_cli([str(BIN / "vlmlab-chat"), f"checkpoint={stage}"], cwd=tmp_path, stdin="/help\n/quit\n")
+    helped = run_command([str(BIN / "vlmlab-chat"), f"checkpoint={stage}"], cwd=tmp_path, stdin="/help\n/quit\n")
     assert helped.returncode == 0 and helped.stdout == ""  # nothing was sent to the model
     assert "/image PATH" in helped.stderr and "/reset" in helped.stderr
 

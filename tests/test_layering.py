@@ -22,6 +22,7 @@ LAYERS = [
     {"config"},
     {"preflight"},
     {"cli"},
+    {"testing"},
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 

@@ -20,7 +20,7 @@ from transformers import (
     LlavaNextProcessor,
 )
 
-from tests.demo_run import BIN, run_cli
+from tests.cli_in_process import BIN
 from tests.tiny_models import tiny_llama_config, tiny_vlm
 from vlmlab.data.conversation_dataset import collate
 from vlmlab.inference.answer import Assistant
@@ -28,6 +28,7 @@ from vlmlab.inference.loading import load_model
 from vlmlab.interop.hf_llava import check_fits_llava
 from vlmlab.models.image_layout import tile_count
 from vlmlab.models.llms.chat_templates import CHAT_TEMPLATES
+from vlmlab.testing import run_command
 
 PINPOINTS = [[32, 64], [64, 32], [64, 64], [96, 32], [32, 96]]  # LLaVA-NeXT's grids, with 32 px tiles
 SIZES = {"wide": (40, 100), "tall": (110, 36)}  # (height, width): grids 1x3 and 3x1
@@ -110,7 +111,7 @@ def tiles_and_grids(batch: dict[str, torch.Tensor], loaded) -> tuple[torch.Tenso
 def imported(tmp_path_factory: pytest.TempPathFactory, tokenizer) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("llava_next")
     tiny_llava_next(tokenizer, folder / "hf")
-    result = run_cli(
+    result = run_command(
         [str(BIN / "vlmlab-import"), f"source={folder / 'hf'}", "output=ours", "name=tiny_next"], cwd=folder
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -138,7 +139,7 @@ def test_exported_llava_next_gives_vlmlabs_logits_generations_and_prompts(
     imported: tuple[Path, Path], tmp_path: Path
 ) -> None:
     _, ours_folder = imported
-    result = run_cli(
+    result = run_command(
         [str(BIN / "vlmlab-export"), f"checkpoint={ours_folder}", "output=next", "format=hf_llava_next"], cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -10,9 +10,9 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.cli_in_process import free_port
 from tests.official_answer_cases import ANLS_CASES, VQA_CASES
 from vlmlab.eval.metrics import METRICS, build_metrics, metric_values
+from vlmlab.testing import free_port
 
 WORDS = "a man dog red blue car street sitting on the with two small large people riding".split()
 

@@ -13,19 +13,17 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from tests.conftest import FAST_OVERRIDES
-from tests.demo_run import BIN, run_cli
+from tests.cli_in_process import BIN
 from tests.mlflow_server import Server
 from vlmlab.data.formats import read_split
 from vlmlab.errors import UsageError
 from vlmlab.inference.answer import Assistant, GenerationOptions, Request, answer_batches
 from vlmlab.inference.loading import load_model
 from vlmlab.presets import config_dir
+from vlmlab.testing import TINY_OVERRIDES, compose_train, run_command
 from vlmlab.tracking.datasets import records_digest
 from vlmlab.tracking.mlflow_runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING, check_registration
 from vlmlab.tracking.registry import PREDICT_PARAMS, using_store
@@ -48,24 +46,21 @@ def trained(
 ) -> DictConfig:
     """The two-stage curriculum, each stage's model registered (the server starts meanwhile)."""
     folder = tmp_path_factory.mktemp("registered")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                *FAST_OVERRIDES,
-                f"paths.root_dir={folder}",
-                f"paths.output_dir={folder / 'run'}",
-                f"paths.mlflow_uri={mlflow_uri}",
-                f"paths.mlflow_artifacts={folder / 'artifacts'}",
-                f"data.root={synth_root}",
-                "eval.enabled=false",
-                "~callbacks.generation_validation",
-                f"experiment_name={EXPERIMENT}",
-                "logger.register_model=every_stage",
-                f"logger.registered_model_name={MODEL}",
-            ],
-        )
+    cfg = compose_train(
+        [
+            *TINY_OVERRIDES,
+            f"paths.root_dir={folder}",
+            f"paths.output_dir={folder / 'run'}",
+            f"paths.mlflow_uri={mlflow_uri}",
+            f"paths.mlflow_artifacts={folder / 'artifacts'}",
+            f"data.root={synth_root}",
+            "eval.enabled=false",
+            "~callbacks.generation_validation",
+            f"experiment_name={EXPERIMENT}",
+            "logger.register_model=every_stage",
+            f"logger.registered_model_name={MODEL}",
+        ]
+    )
     run_curriculum(cfg)
     return cfg
 
@@ -132,7 +127,7 @@ def test_a_registered_model_answers_as_vlmlab_generate_on_its_stage_folder(
 
     lines = [{"image": str(images[0]), "prompt": prompts[0]}, {"image": [str(p) for p in images], "prompt": prompts[1]}]
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = run_cli(
+    result = run_command(
         [
             str(BIN / "vlmlab-generate"),
             f"checkpoint=models:/{MODEL}/1",

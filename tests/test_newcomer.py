@@ -20,8 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.cli_in_process import BIN, free_port, one_line, run_main
-from tests.conftest import DEMO_PRETRAIN_OVERRIDES, FAST_OVERRIDES
+from tests.cli_in_process import BIN, one_line, run_main
 from vlmlab.cli.entry import invocation
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.next_steps import HEADER
@@ -30,6 +29,7 @@ from vlmlab.errors import USAGE_EXIT_CODE
 from vlmlab.eval.scoring import print_results
 from vlmlab.models.builder import build_connector
 from vlmlab.models.connectors import Connector, MLPConnector
+from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, free_port
 from vlmlab.training.run_naming import derived_run_name
 
 
@@ -82,7 +82,7 @@ def test_a_mistyped_field_is_answered_with_the_closest_one_at_once(
 
 
 # demo_quick's model and stages at the tests' size, with its own loader workers (the demo's default, not the tests' 0)
-TINY_DEMO = [o for o in [*FAST_OVERRIDES, *DEMO_PRETRAIN_OVERRIDES] if not o.startswith("data.num_workers=")]
+TINY_DEMO = [o for o in [*TINY_OVERRIDES, *TINY_DEMO_PRETRAIN] if not o.startswith("data.num_workers=")]
 
 
 @pytest.fixture(scope="module")

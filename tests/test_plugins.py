@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tests.cli_in_process import BIN
-from tests.conftest import FAST_OVERRIDES
 from vlmlab.errors import UsageError
 from vlmlab.models.component_check import check_connector_config
+from vlmlab.testing import TINY_OVERRIDES
 
 PROJECTOR = """
 import torch
@@ -64,7 +64,7 @@ def test_a_connector_from_the_users_own_folder_trains_through_the_cli(
     }
     command = [
         str(BIN / "vlmlab-train"),
-        *FAST_OVERRIDES,
+        *TINY_OVERRIDES,
         f"data.root={synth_root}",
         f"hydra.searchpath=[file://{conf}]",
     ]

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.cli_in_process import BIN, one_line, run_main, with_tests_importable
-from tests.conftest import FAST_OVERRIDES
 from vlmlab.cli.train import main as train_main
+from vlmlab.testing import TINY_OVERRIDES
 
 
 def run_args(synth_root: Path, *extra: str) -> list[str]:
     common = ["~callbacks.generation_validation", "eval.enabled=false", "~logger", f"data.root={synth_root}"]
-    return [*FAST_OVERRIDES, *common, *extra]
+    return [*TINY_OVERRIDES, *common, *extra]
 
 
 def test_a_busy_run_folder_refuses_a_second_run_and_a_resume(

@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.cli_in_process import free_port
 from tests.published_formats import write_vqav2
 from tests.test_formats import data_config
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.optimize import optimize_split
 from vlmlab.models.builder import build_vlm
+from vlmlab.testing import free_port
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:

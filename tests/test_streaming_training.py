@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import FAST_OVERRIDES
 from tests.test_resume import BIN, run
+from vlmlab.testing import TINY_OVERRIDES
 
 STEPS = 18
 CHECKPOINT_EVERY, KILL_AT = 14, 16  # a checkpoint in the middle of epoch 1 (steps 13-24), killed 2 steps later
@@ -31,7 +31,7 @@ DDP = ["trainer.devices=2", "strategy=ddp", "trainer.accelerator=cpu", "curricul
 
 def optimize(synth_root: Path, out: Path, cwd: Path) -> str:
     command = [str(BIN / "vlmlab-data"), "optimize", "--source", "vqa", "--source", "doc", "--split", "train"]
-    done = run([*command, "--workers", "2", f"output={out}", *FAST_OVERRIDES, f"data.root={synth_root}"], cwd)
+    done = run([*command, "--workers", "2", f"output={out}", *TINY_OVERRIDES, f"data.root={synth_root}"], cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -47,7 +47,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
 def train(synth_root: Path, shards: Path, name: str, *extra: str) -> None:
     command = [
         str(BIN / "vlmlab-train"),
-        *FAST_OVERRIDES,
+        *TINY_OVERRIDES,
         f"data.root={synth_root}",
         f"data.shards={shards}",
         *TWO_SOURCES,
@@ -69,7 +69,7 @@ def train(synth_root: Path, shards: Path, name: str, *extra: str) -> None:
 
 def kill_and_resume(synth_root: Path, shards: Path, name: str, *extra: str) -> None:
     every = f"callbacks.checkpoint.every_n_train_steps={CHECKPOINT_EVERY}"
-    kill = ["+callbacks.kill._target_=tests.scripts.kill_at_step.KillAtStep", "+callbacks.kill.stage=instruct"]
+    kill = ["+callbacks.kill._target_=vlmlab.testing.KillAtStep", "+callbacks.kill.stage=instruct"]
     with pytest.raises(AssertionError, match="returncode"):  # the SIGKILL ends the run with -9
         train(synth_root, shards, name, every, *kill, f"+callbacks.kill.step={KILL_AT}", *extra)
     train(synth_root, shards, f"{name}-resumed", every, f"resume=outputs/{name}", *extra)

@@ -11,10 +11,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.cli_in_process import BIN
-from tests.conftest import FAST_OVERRIDES
+from vlmlab.testing import TINY_OVERRIDES
 from vlmlab.tracking.report import collect, report_figure
 
-QUICK = [*FAST_OVERRIDES, "eval.enabled=false", "~callbacks.generation_validation", "~callbacks.checkpoint"]
+QUICK = [*TINY_OVERRIDES, "eval.enabled=false", "~callbacks.generation_validation", "~callbacks.checkpoint"]
 
 
 def multirun(workdir: Path, synth_root: Path, *overrides: str) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.cli_in_process import BIN, with_tests_importable
-from tests.conftest import FAST_OVERRIDES
 from tests.mlflow_server import Server
+from vlmlab.testing import TINY_OVERRIDES
 from vlmlab.tracking.store import tracking_client
 
 ALIGN, INSTRUCT = 10, 6  # optimizer steps of each stage
@@ -30,7 +30,7 @@ def test_training_goes_on_through_a_tracking_server_outage(tmp_path: Path, synth
     tracking_client(store)
     server = Server(store, tmp_path / "server.log")
     slow = ["+callbacks.slow._target_=tests.scripts.slow_steps.SleepAfterEachBatch", "+callbacks.slow.seconds=0.3"]
-    command = [str(BIN / "vlmlab-train"), *FAST_OVERRIDES, f"data.root={synth_root}", f"paths.mlflow_uri={server.url}"]
+    command = [str(BIN / "vlmlab-train"), *TINY_OVERRIDES, f"data.root={synth_root}", f"paths.mlflow_uri={server.url}"]
     for stage, steps in (("align", ALIGN), ("instruct", INSTRUCT)):
         command += [
             f"curriculum.stages.{stage}.max_steps={steps}",

@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 from torch.distributed.checkpoint import FileSystemReader
 
 from tests.cli_in_process import one_line, run_main
-from tests.conftest import FAST_OVERRIDES
 from vlmlab.cli.evaluate import main as eval_main
 from vlmlab.cli.evaluate import run_data_under_this_policy
 from vlmlab.cli.generate import main as generate_main
@@ -28,6 +27,7 @@ from vlmlab.eval.run_scoring import write_run_scoring
 from vlmlab.inference.loading import load_model
 from vlmlab.models.sharded_checkpoint import check_sharded_checkpoint
 from vlmlab.models.trust import check_targets, is_trusted, searchpath_targets
+from vlmlab.testing import TINY_OVERRIDES
 
 USAGE_ERROR = 2
 
@@ -133,7 +133,7 @@ def test_crafted_checkpoints_and_configs_run_no_code_through_the_cli(
     assert "trusted_targets=[pandas]" in line
 
     # vlmlab-train starting from a crafted sharded checkpoint
-    line = refused(train_main, "vlmlab-train", *FAST_OVERRIDES, *data, f"init_from={metadata}", "~logger")
+    line = refused(train_main, "vlmlab-train", *TINY_OVERRIDES, *data, f"init_from={metadata}", "~logger")
     assert "refers to posix.system" in line
 
 
@@ -141,7 +141,7 @@ def test_a_resume_from_a_crafted_sharded_checkpoint_runs_no_code(
     tmp_path: Path, marker: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """A run folder whose interrupted stage left a `last.ckpt` folder: checked before Lightning's reader opens it."""
-    args = [*FAST_OVERRIDES, "data=synthetic", f"data.root={synth_root}", "~logger", "eval.enabled=false"]
+    args = [*TINY_OVERRIDES, "data=synthetic", f"data.root={synth_root}", "~logger", "eval.enabled=false"]
     args += ["~callbacks.generation_validation", "curriculum.stages.instruct.max_steps=1", "hydra.run.dir=run"]
     code, stderr = run_main(train_main, "vlmlab-train", args, tmp_path, monkeypatch, capsys)
     assert code == 0, stderr[-3000:]

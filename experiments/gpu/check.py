@@ -37,6 +37,8 @@ from typing import Any
 
 from report import REFERENCE, REPO, RESUMED, describe_machine, peak_flops, read_installs, sections, summary
 
+from vlmlab.testing import TINY_OVERRIDES
+
 NO_CUDA = 3
 REPORT_RESERVE_S = 20  # seconds kept for reading the runs and writing the report
 
@@ -72,22 +74,9 @@ GPU = Size(
     lr=1e-4,
     resume_reserve_s=120,
 )
-# The tests' FAST_OVERRIDES (tests/conftest.py): a one-layer, 32-wide LLM and 48 px images.
+# The tests' tiny model and data (vlmlab.testing.TINY_OVERRIDES): a one-layer, 32-wide LLM and 48 px images.
 CPU = Size(
-    overrides=(
-        "model.llm.config.hidden_size=32",
-        "model.llm.config.intermediate_size=64",
-        "model.llm.config.num_hidden_layers=1",
-        "model.llm.tokenizer.vocab_size=300",
-        "model.llm.tokenizer.corpus.num_samples=200",
-        "data.num_workers=0",
-        "data.eval_batch_size=8",
-        "data.synthetic.image_size=48",
-        "data.synthetic.num_train=48",
-        "data.synthetic.num_val=8",
-        "data.synthetic.num_test=8",
-        "data.synthetic.train_turns=2",
-    ),
+    overrides=tuple(o for o in TINY_OVERRIDES if o.startswith(("model.", "data."))),
     steps=4,
     batch=4,
     warmup=1,
@@ -98,7 +87,7 @@ CPU = Size(
     resume_reserve_s=60,
 )
 DRY_RUN_SUBSTITUTIONS = [
-    "size: the tests' tiny model and 48 px data (tests/conftest.py FAST_OVERRIDES) instead of "
+    "size: the tests' tiny model and 48 px data (vlmlab.testing.TINY_OVERRIDES) instead of "
     "experiment=scaling_so400m_qwen05b; 4 steps per stage instead of 30",
     "strategy=fsdp -> strategy=ddp (one process, gloo): FSDP (v1) refuses the CPU; strategy=fsdp2 runs as is (gloo)",
     "torch.compile: the aot_eager backend (TORCH_COMPILE_OVERRIDE_BACKENDS) instead of Inductor, whose C++ build "
@@ -301,7 +290,7 @@ class Check:
         case = Case("fsdp2", "instruct, killed after a checkpoint, then resumed")
         self.write_config(RESUMED, case, {"callbacks": {"checkpoint": {"every_n_train_steps": size.checkpoint_every}}})
         command = [*self.train_command(), f"+gpu_check={RESUMED}"]
-        kill = ["+callbacks.kill._target_=tests.scripts.kill_at_step.KillAtStep", "+callbacks.kill.stage=instruct"]
+        kill = ["+callbacks.kill._target_=vlmlab.testing.KillAtStep", "+callbacks.kill.stage=instruct"]
         kill.append(f"+callbacks.kill.step={size.kill_at}")
         reserve = REPORT_RESERVE_S
         killed_code = self.run([*command, *kill, f"hydra.run.dir={killed}"], "resume.log", self.time_left() - reserve)
