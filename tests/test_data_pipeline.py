@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 from functools import partial
 from pathlib import Path
@@ -161,15 +162,17 @@ def test_skip_policy_drops_counts_and_keeps_the_rest(tmp_path: Path, formatter: 
 
 
 def collate_and_look(samples: list[dict], pad_token_id: int) -> dict:
-    """`collate`, with what the loader worker running it sees: whether the images were stacked in shared memory."""
+    """`collate`, with what the loader worker running it sees: whether the images were stacked in shared memory,
+    and how many of the garbage collector's objects are frozen."""
     batch = collate(samples, pad_token_id=pad_token_id)
-    return {**batch, "in_shared_memory": batch["pixel_values"].is_shared()}
+    return {**batch, "in_shared_memory": batch["pixel_values"].is_shared(), "frozen": gc.get_freeze_count()}
 
 
 def test_loader_workers_share_the_parents_memory(tmp_path: Path, formatter: ChatFormatter) -> None:
     """Issue 30, item 5: a worker of the data module's loaders stacks a batch's images straight into shared memory
-    (no batch-sized block of its own, no copy on the way to the training process); the images are those `collate`
-    stacks in-process."""
+    (no batch-sized block of its own, no copy on the way to the training process) and holds the parent's objects
+    frozen for its garbage collector; the images are those `collate` stacks in-process, and in the parent the
+    objects go back to the collector."""
     write_records(tmp_path, RECORDS)
     train = {"file": str(tmp_path / "records.json"), "images": str(tmp_path)}
     datamodule = VLMDataModule(
@@ -185,9 +188,10 @@ def test_loader_workers_share_the_parents_memory(tmp_path: Path, formatter: Chat
     loader = datamodule.train_dataloader()
     loader.collate_fn = partial(collate_and_look, pad_token_id=pad)
     batches = iter(loader)
+    assert gc.get_freeze_count() == 0
     batch = next(batches)
     del batches
-    assert batch["in_shared_memory"]
+    assert batch["in_shared_memory"] and batch["frozen"] > 0
     in_process = collate([loader.dataset[i] for i in batch["indices"]], pad_token_id=pad)
     assert not in_process["pixel_values"].is_shared()
     assert in_process["pixel_values"].shape == (3, 3, 16, 16)
