@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from PIL import Image
 
 from vlmlab.data.chat_format import ChatFormatter, SampleError
 from vlmlab.data.conversation_dataset import ConversationDataset, collate
+from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.formats import read_llava
 from vlmlab.data.image_processing import ImageProcessor
 from vlmlab.models.encoders.base import ImagePreprocessing
@@ -156,3 +159,40 @@ def test_skip_policy_drops_counts_and_keeps_the_rest(tmp_path: Path, formatter: 
     assert batch["input_ids"].shape[0] == 2 and batch["ids"] == ["one", "text"]
     assert batch["skipped"] == {"bad_image": 1}
     assert collate([dataset[1], dataset[1]], pad_token_id=0) == {"skipped": {"bad_image": 2}}
+
+
+def collate_and_look(samples: list[dict], pad_token_id: int) -> dict:
+    """`collate`, with what the loader worker running it sees: whether the images were stacked in shared memory,
+    and how many of the garbage collector's objects are frozen."""
+    batch = collate(samples, pad_token_id=pad_token_id)
+    return {**batch, "in_shared_memory": batch["pixel_values"].is_shared(), "frozen": gc.get_freeze_count()}
+
+
+def test_loader_workers_share_the_parents_memory(tmp_path: Path, formatter: ChatFormatter) -> None:
+    """Issue 30, item 5: a worker of the data module's loaders stacks a batch's images straight into shared memory
+    (no batch-sized block of its own, no copy on the way to the training process) and holds the parent's objects
+    frozen for its garbage collector; the images are those `collate` stacks in-process, and in the parent the
+    objects go back to the collector."""
+    write_records(tmp_path, RECORDS)
+    train = {"file": str(tmp_path / "records.json"), "images": str(tmp_path)}
+    datamodule = VLMDataModule(
+        sources={"s": {"task": "t", "format": "llava", "train": train}},
+        mixture={"s": 1.0},
+        formatter=formatter,
+        image_processor=ImageProcessor(PREP),
+        micro_batch_size=3,
+        num_workers=1,
+        group_by_length=False,
+    )
+    pad = formatter.tokenizer.pad_token_id
+    loader = datamodule.train_dataloader()
+    loader.collate_fn = partial(collate_and_look, pad_token_id=pad)
+    batches = iter(loader)
+    assert gc.get_freeze_count() == 0
+    batch = next(batches)
+    del batches
+    assert batch["in_shared_memory"] and batch["frozen"] > 0
+    in_process = collate([loader.dataset[i] for i in batch["indices"]], pad_token_id=pad)
+    assert not in_process["pixel_values"].is_shared()
+    assert in_process["pixel_values"].shape == (3, 3, 16, 16)
+    assert torch.equal(batch["pixel_values"], in_process["pixel_values"])
