@@ -14,7 +14,7 @@ from PIL import Image
 
 from vlmlab.data.chat_format import ChatFormatter, SampleError
 from vlmlab.data.conversation_dataset import ConversationDataset, collate
-from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.datamodule import VLMDataModule, loading_options
 from vlmlab.data.formats import read_llava
 from vlmlab.data.image_processing import ImageProcessor
 from vlmlab.models.encoders.base import ImagePreprocessing
@@ -181,8 +181,8 @@ def test_loader_workers_share_the_parents_memory(tmp_path: Path, formatter: Chat
         formatter=formatter,
         image_processor=ImageProcessor(PREP),
         micro_batch_size=3,
-        num_workers=1,
-        group_by_length=False,
+        seed=0,
+        **loading_options(num_workers=1, group_by_length=False),
     )
     pad = formatter.tokenizer.pad_token_id
     loader = datamodule.train_dataloader()

@@ -176,7 +176,7 @@ def measure(path: Path, workers: int, batches: int) -> dict:
     import torch
 
     from vlmlab.data.chat_format import ChatFormatter
-    from vlmlab.data.datamodule import VLMDataModule
+    from vlmlab.data.datamodule import VLMDataModule, loading_options
     from vlmlab.data.image_processing import ImageProcessor
     from vlmlab.data.synthetic import tokenizer_corpus
     from vlmlab.models.encoders import HFVisionEncoder
@@ -204,8 +204,8 @@ def measure(path: Path, workers: int, batches: int) -> dict:
         formatter=formatter,
         image_processor=processor,
         micro_batch_size=16,
-        num_workers=workers,
-        on_bad_record="raise",
+        seed=0,
+        **loading_options(num_workers=workers, on_bad_record="raise"),
     )
     loader = iter(datamodule.train_dataloader())
     first = next(loader)
