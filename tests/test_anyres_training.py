@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from tests.test_distributed_training import BIN, ONE_THREAD, loss_histories, train
 from vlmlab.data.tiling import Tiling
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 ANYRES = [
     "data.image_resize=anyres",
     "model.image_newline=true",

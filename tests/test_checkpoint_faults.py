@@ -23,6 +23,8 @@ from tests.cli_in_process import BIN, run_main, with_tests_importable
 from vlmlab.cli.train import main as train_main
 from vlmlab.testing import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 STEPS = 6
 
 

@@ -18,6 +18,8 @@ from tests.cli_in_process import BIN
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.testing import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 40
 DATA = SynthConfig.demo(seed=0, image_size=48, num_train=128, num_val=32, num_test=8, train_turns=1)

@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from tests.cli_in_process import BIN
 from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, free_port
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 # instruct: optimizer steps of a global batch of 8 = 4 per process x 2 processes, or 4 x 2 accumulated. An epoch
 # is 110 samples (vqa 48 + doc 48 + 14 captions): 13 steps and a remainder of 6, on 1 process as on 2.
 STEPS = 16

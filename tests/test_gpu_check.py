@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO / "experiments" / "gpu" / "check.sh"
 NO_CUDA_EXIT = 3

@@ -32,6 +32,8 @@ from vlmlab.models.connectors import Connector, MLPConnector
 from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, free_port
 from vlmlab.training.run_naming import derived_run_name
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 
 def test_printed_commands_start_the_script_as_this_one_was_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from vlmlab.models.connectors import Connector
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 
 class StridedPoolConnector(Connector):
     def __init__(self, in_dim: int, out_dim: int, num_in_tokens: int, stride: int = 4) -> None:

@@ -23,6 +23,8 @@ from safetensors.torch import load_file
 from tests.cli_in_process import BIN, with_tests_importable
 from vlmlab.testing import TINY_OVERRIDES, run_command
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 STEPS = 30  # instruct stage: optimizer steps of a global batch of 8 (2 accumulated micro-batches of 4)
 DETERMINISTIC_METRICS = ("train/loss", "val/loss", "epoch", "lr-AdamW/encoder", "lr-AdamW/connector", "lr-AdamW/llm")
 # (checkpoint every N optimizer steps, kill at step): a checkpoint at 17 in the middle of epoch 1, killed 3 steps

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 from tests.test_resume import BIN, run
 from vlmlab.testing import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 STEPS = 18
 CHECKPOINT_EVERY, KILL_AT = 14, 16  # a checkpoint in the middle of epoch 1 (steps 13-24), killed 2 steps later
 TWO_SOURCES = [

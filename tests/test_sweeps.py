@@ -7,12 +7,15 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from tests.cli_in_process import BIN
 from vlmlab.testing import TINY_OVERRIDES
 from vlmlab.tracking.report import collect, report_figure
+
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
 
 QUICK = [*TINY_OVERRIDES, "eval.enabled=false", "~callbacks.generation_validation", "~callbacks.checkpoint"]
 

@@ -10,12 +10,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.cli_in_process import BIN, with_tests_importable
 from tests.mlflow_server import Server
 from vlmlab.testing import TINY_OVERRIDES
 from vlmlab.tracking.store import tracking_client
+
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
 
 ALIGN, INSTRUCT = 10, 6  # optimizer steps of each stage
 OUTAGE = 6.0  # seconds the server is away: past the client's retry budget set below (about 2 s)
