@@ -16,13 +16,12 @@ from vlmlab.errors import UsageError
 from vlmlab.models.component_check import check_connector_config
 from vlmlab.testing import TINY_OVERRIDES
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
+
 PROJECTOR = """
 import torch
 from torch import nn
 from vlmlab.models.connectors import Connector
-
-pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
-
 
 class StridedPoolConnector(Connector):
     def __init__(self, in_dim: int, out_dim: int, num_in_tokens: int, stride: int = 4) -> None:
