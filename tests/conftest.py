@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerFast
 
@@ -15,6 +17,18 @@ from vlmlab.testing import TINY_OVERRIDES, TINY_SYNTH, compose_train
 
 MODEL_OVERRIDES = [o for o in TINY_OVERRIDES if o.startswith("model.")]
 
+
+def share_the_cores_among_the_workers() -> None:
+    """Under pytest-xdist, each worker (and every command it starts) gets its share of the CPUs for torch's
+    threads, not all of them: two workers each running two spinning OpenMP threads on two cores slow each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for the commands it starts
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+share_the_cores_among_the_workers()
 
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
