@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from tests.cli_in_process import BIN
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
-from vlmlab.testing import TINY_OVERRIDES
+from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
 
@@ -26,9 +26,7 @@ DATA = SynthConfig.demo(seed=0, image_size=48, num_train=128, num_val=32, num_te
 CONTRASTIVE = [
     "curriculum=contrastive",
     "model/text_tower=tiny_text",
-    "model.text_tower.config.hidden_size=32",
-    "model.text_tower.config.intermediate_size=64",
-    "model.text_tower.config.num_hidden_layers=1",
+    *[o for o in TINY_DEMO_PRETRAIN if o.startswith("model.text_tower.")],  # the demo's tiny text tower
     *[o for o in TINY_OVERRIDES if not o.startswith(("curriculum.", "data.synthetic"))],
     *[f"data.synthetic.{k}={v}" for k, v in vars(DATA).items() if k != "tasks"],  # tasks: the preset's
     f"curriculum.stages.pretrain.max_steps={STEPS}",
