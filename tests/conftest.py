@@ -30,6 +30,7 @@ def share_the_cores_among_the_workers() -> None:
 
 share_the_cores_among_the_workers()
 
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
