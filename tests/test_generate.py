@@ -17,10 +17,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.cli_in_process import BIN
+from tests.cli_in_process import BIN, run_in_process
+from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.generate import read_requests
 from vlmlab.inference.answer import Assistant, GenerationOptions
 from vlmlab.inference.loading import load_model
+from vlmlab.presets import config_dir
 from vlmlab.testing import run_command
 
 
@@ -46,8 +48,15 @@ def greedy(assistant: Assistant, messages: list[dict], image_paths: list[Path], 
 
 
 def test_generate_answers_one_prompt_and_a_file_of_requests(
-    stage: Path, assistant: Assistant, images: list[Path], tmp_path: Path
+    stage: Path,
+    assistant: Assistant,
+    images: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
+    """One prompt through the command's process (its stdout holds the answer alone), a file of requests in this
+    process."""
     question = "Describe the image."
     expected = greedy(assistant, [assistant.user_message(question, 1)], images[:1])
     assert expected  # the stage answers with text, so the comparisons below can fail
@@ -71,7 +80,8 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
         {"prompt": "Say something."},
     ]
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
-    batch = run_command(
+    batch = run_in_process(
+        generate_main,
         [
             str(BIN / "vlmlab-generate"),
             f"checkpoint={stage}",
@@ -80,7 +90,9 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
             "max_new_tokens=6",
             "batch_size=2",
         ],
-        cwd=tmp_path,
+        tmp_path,
+        monkeypatch,
+        capsys,
     )
     assert batch.returncode == 0, batch.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
@@ -92,22 +104,21 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
 
 
 def test_bad_image_paths_and_a_config_that_does_not_fit_are_named(
-    stage: Path, images: list[Path], tmp_path: Path
+    stage: Path, images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     lines = [{"image": str(images[0]), "prompt": "a"}, {"image": "missing.png", "prompt": "b"}]
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.raises(ValueError, match=rf"requests.jsonl line 2: image {tmp_path / 'missing.png'} does not exist"):
         read_requests(tmp_path / "requests.jsonl", tmp_path)
-    result = run_command(
-        [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=nowhere/cat.png", "prompt=hi"], cwd=tmp_path
-    )
+    missing = [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=nowhere/cat.png", "prompt=hi"]
+    result = run_in_process(generate_main, missing, tmp_path, monkeypatch, capsys)
     assert result.returncode != 0
     assert "vlmlab-generate: image nowhere/cat.png does not exist" in result.stderr
 
     # The command's own model groups (the default tiny_vit encoder) do not fit a tiny_clip checkpoint.
     groups = OmegaConf.create(
         {
-            p: OmegaConf.load(f"conf/model/{p}/{n}.yaml")
+            p: OmegaConf.load(config_dir() / "model" / p / f"{n}.yaml")
             for p, n in (("encoder", "tiny_vit"), ("connector", "mlp2x_gelu"), ("llm", "tiny_llama"))
         }
     )
@@ -156,8 +167,15 @@ def readme_command(marker: str) -> list[str]:
 
 
 def test_prompts_are_free_text_as_the_readme_writes_them(
-    stage: Path, assistant: Assistant, images: list[Path], tmp_path: Path
+    stage: Path,
+    assistant: Assistant,
+    images: list[Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
 ) -> None:
+    """The README's command line, then free text with quotes, commas, brackets and ${...}: Hydra's parsing of the
+    command line, run in this process (vlmlab-generate's process is tested above)."""
     for i, image in enumerate(images):
         (tmp_path / f"{'ab'[i]}.png").write_bytes(image.read_bytes())
     command = readme_command("'image=[a.png,b.png]' prompt=")  # prompt="<image> or <image>: which is brighter?"
@@ -167,14 +185,14 @@ def test_prompts_are_free_text_as_the_readme_writes_them(
         *command[2:],
         "max_new_tokens=6",
     ]
-    result = run_command(command, cwd=tmp_path)
+    result = run_in_process(generate_main, command, tmp_path, monkeypatch, capsys)
     assert result.returncode == 0, result.stderr[-3000:]
     question = [{"role": "user", "content": "<image> or <image>: which is brighter?"}]
     assert result.stdout == greedy(assistant, question, images) + "\n"
 
     text = "What's in it, exactly? (a=b, [c]: ${d})"  # an apostrophe, commas, brackets, an interpolation
     free = [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=a.png", f"prompt={text}", "max_new_tokens=6"]
-    result = run_command(free, cwd=tmp_path)
+    result = run_in_process(generate_main, free, tmp_path, monkeypatch, capsys)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == greedy(assistant, [assistant.user_message(text, 1)], images[:1]) + "\n"
 
