@@ -18,7 +18,7 @@ from vlmlab.errors import UsageError
 from vlmlab.eval.run_scoring import run_scoring_file
 from vlmlab.eval.scoring import score_splits
 from vlmlab.preflight import check_data_files, check_weights_file
-from vlmlab.presets import config_dir
+from vlmlab.presets import preset_values
 from vlmlab.tracking.mlflow_runs import log_evaluation_run
 from vlmlab.tracking.registry import is_model_uri
 
@@ -54,7 +54,7 @@ def run_data_under_this_policy(data: DictConfig) -> DictConfig:
     """A run folder may come from someone else: its record says what to score, not how far reading may go. The
     files are scored as they are (nothing is generated: `synthetic` off, so missing files are named), and the
     image limits are this installation's defaults (conf/data/loading/default.yaml), not the record's."""
-    defaults = OmegaConf.load(config_dir() / "data" / "loading" / "default.yaml")
+    defaults = preset_values("data/loading/default")
     data.synthetic = None
     for key in ("allow_outside_images", "max_image_pixels"):
         data[key] = defaults[key]

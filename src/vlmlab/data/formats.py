@@ -352,7 +352,7 @@ def read_split(
     spec = split_spec(source_name, source, split)
     if spec is None:
         raise ValueError(f"data source '{source_name}' has no '{split}' split in the data config")
-    if source.get("format") == "streaming":
+    if source_format(source) == "streaming":
         options = {k: v for k, v in (streaming or {}).items() if k in ("cache_dir", "max_cache_size")}
         return ShardRecords(str(spec["path"]), **options)
     records = READERS[source_format(source)](spec, split, source.get("prompt"))
