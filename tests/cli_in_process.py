@@ -77,6 +77,10 @@ def run_in_process(
     return subprocess.CompletedProcess(command, code, out.out, out.err)
 
 
+InProcess = Callable[[Callable[[], object], list[str], Path], subprocess.CompletedProcess]
+# the `in_process` fixture
+
+
 def one_line(stderr: str, command: str) -> str:
     """The command's own error line (exactly one, no traceback)."""
     assert "Traceback" not in stderr, stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerFast
 
+from tests.cli_in_process import InProcess, run_in_process
 from vlmlab.data.synthetic import tokenizer_corpus, write_synthetic_dataset
 from vlmlab.models.llms.tiny_tokenizer import train_tiny_tokenizer
 from vlmlab.testing import TINY_OVERRIDES, TINY_SYNTH, compose_train
@@ -75,6 +77,12 @@ def compose_config(tmp_path: Path, synth_root: Path, mlflow_uri: str) -> Callabl
         )
 
     return _compose
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> InProcess:
+    """`in_process(main, [script, *args], cwd)`: the command run in this process (`run_in_process`)."""
+    return partial(run_in_process, monkeypatch=monkeypatch, capsys=capsys)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -6,13 +6,12 @@ import json
 import os
 import re
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.cli_in_process import BIN, run_in_process
+from tests.cli_in_process import BIN, InProcess
 from tests.conftest import MODEL_OVERRIDES
 from tests.published_formats import bad_llava_dataset, write_docvqa
 from vlmlab.cli.data import main as data_main
@@ -27,9 +26,7 @@ SYNTHETIC_METRICS = {  # what the synthetic sources are scored with, and their b
 SYNTHETIC_METRICS = {s: names + [f"blind_{n}" for n in names] for s, names in SYNTHETIC_METRICS.items()}
 
 
-def test_train_cli_runs_the_curriculum(
-    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path, in_process: InProcess) -> None:
     result = run_command(
         [
             str(BIN / "vlmlab-train"),
@@ -77,14 +74,13 @@ def test_train_cli_runs_the_curriculum(
     assert eval_runs[0].data.tags["checkpoint"].endswith("stages/instruct/model.safetensors")
 
     # its mistakes, in this process (the command's process is the smoke test above)
-    def in_process(command: list[str]) -> subprocess.CompletedProcess:
-        return run_in_process(eval_main, command, tmp_path, monkeypatch, capsys)
-
-    retyped = in_process([*evaluate, "hydra.run.dir=eval2", "model.llm.config.num_hidden_layers=2"])
+    retyped = in_process(
+        eval_main, [*evaluate, "hydra.run.dir=eval2", "model.llm.config.num_hidden_layers=2"], tmp_path
+    )
     assert retyped.returncode != 0 and "already says which model" in retyped.stderr  # not silently ignored
     model = [o for o in TINY_OVERRIDES if o.startswith("model.")]
     wrong = [*evaluate, *model, "model_source=groups", "hydra.run.dir=eval3", "model.llm.config.num_hidden_layers=2"]
-    wrong = in_process(wrong)
+    wrong = in_process(eval_main, wrong, tmp_path)
     assert wrong.returncode != 0
     assert "does not fit the model built from this config (missing: llm.model.model.layers.1." in wrong.stderr
     assert "Use the model/* choices and overrides of the run that wrote it" in wrong.stderr
@@ -112,9 +108,7 @@ def test_data_cli_writes_the_synthetic_dataset(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "synth" / "doc" / "train.json").read_text())) == 4
 
 
-def test_data_check_reports_problems_or_stops_at_the_first(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_data_check_reports_problems_or_stops_at_the_first(tmp_path: Path, in_process: InProcess) -> None:
     """The report through the command's process; the stop, the JSON report and the usage errors in this process."""
     bad_llava_dataset(tmp_path)
     check = [str(BIN / "vlmlab-data"), "check", *MODEL_OVERRIDES, "data=llava", f"data.root={tmp_path}"]
@@ -128,10 +122,8 @@ def test_data_check_reports_problems_or_stops_at_the_first(
         "answer_truncated: 1 (e.g. late)" in report.stdout and "image_truncated: 1 (e.g. image-late)" in report.stdout
     )
 
-    def in_process(command: list[str]) -> subprocess.CompletedProcess:
-        return run_in_process(data_main, command, tmp_path, monkeypatch, capsys)
-
-    stop = in_process([*check, "data.num_workers=2"])  # data.on_bad_record=raise is the default of check
+    # data.on_bad_record=raise is the default of check
+    stop = in_process(data_main, [*check, "data.num_workers=2"], tmp_path)
     assert stop.returncode == 3  # stopped at a bad record
     records_file = tmp_path / "llava_v1_5_mix665k.json"
     assert stop.stderr.startswith(f"error: source 'instruct' ({records_file}), record 'gone': image ")
@@ -139,40 +131,40 @@ def test_data_check_reports_problems_or_stops_at_the_first(
     assert "Traceback" not in stop.stderr
 
     # One source, machine-readable: every problem id by reason.
-    report = in_process([*check, "data.on_bad_record=skip", "data.max_length=96", "--source", "instruct", "--json"])
+    report = in_process(
+        data_main, [*check, "data.on_bad_record=skip", "data.max_length=96", "--source", "instruct", "--json"], tmp_path
+    )
     assert report.returncode == 1, report.stderr[-3000:]
     splits = json.loads(report.stdout)["splits"]
     assert [(s["source"], s["split"]) for s in splits] == [("instruct", "train")]
     assert splits[0]["problems"]["image_count"] == ["two-images"] and splits[0]["records"] == 8
     assert set(splits[0]["token_length_percentiles"]) == {"p50", "p90", "p99", "p100"}
 
-    unknown = in_process([*check, "--source", "instruct2"])
+    unknown = in_process(data_main, [*check, "--source", "instruct2"], tmp_path)
     assert unknown.returncode == 2
     assert (
         unknown.stderr.strip()
         == "vlmlab-data check: --source instruct2: not a source of this data config (pretrain, instruct)"
     )
     records_file.unlink()
-    missing = in_process(check)
+    missing = in_process(data_main, check, tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert missing.stderr.strip().startswith(
         f"vlmlab-data check: data files not found: instruct.train.file={records_file}"
     )
 
 
-def test_data_check_names_the_file_and_field_of_a_malformed_record(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
+def test_data_check_names_the_file_and_field_of_a_malformed_record(tmp_path: Path, in_process: InProcess) -> None:
     write_docvqa(tmp_path)
     annotations = tmp_path / "docvqa" / "train" / "train_v1.0.json"
     content = json.loads(annotations.read_text())
     del content["data"][1]["question"]
     annotations.write_text(json.dumps(content))
     check = [str(BIN / "vlmlab-data"), "check", *MODEL_OVERRIDES, "data=docvqa", f"data.root={tmp_path}"]
-    stop = run_in_process(data_main, [*check, "data.num_workers=0", "--split", "train"], tmp_path, monkeypatch, capsys)
+    stop = in_process(data_main, [*check, "data.num_workers=0", "--split", "train"], tmp_path)
     assert stop.returncode == 3, stop.stderr[-3000:]
     assert stop.stderr.startswith(
         f"error: source 'docvqa' ({annotations}), record 9001: the DocVQA entry has no 'question' (a string is needed)"
     )
-    bad_command = run_in_process(data_main, [*check, "data.max_length=long"], tmp_path, monkeypatch, capsys)
+    bad_command = in_process(data_main, [*check, "data.max_length=long"], tmp_path)
     assert bad_command.returncode == 2 and bad_command.stderr.strip().startswith("vlmlab-data check: data.max_length:")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from tests.cli_in_process import BIN, run_in_process
+from tests.cli_in_process import BIN, InProcess
 from vlmlab.cli.evaluate import main as eval_main
 from vlmlab.cli.train import main as train_main
 from vlmlab.errors import UsageError
@@ -105,7 +105,7 @@ def test_missing_data_is_found_before_the_model_is_built(tmp_path: Path) -> None
 
 
 def test_models_from_the_hub_fail_within_seconds_offline(
-    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, synth_root: Path, in_process: InProcess
 ) -> None:
     closed_port = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens there
     start = time.monotonic()
@@ -136,17 +136,17 @@ def test_models_from_the_hub_fail_within_seconds_offline(
         "model/llm=local",
         "model.llm.pretrained=/models/my-lm",
     ]
-    result = run_in_process(train_main, local, tmp_path, monkeypatch, capsys)
+    result = in_process(train_main, local, tmp_path)
     assert_usage_error(result, "vlmlab-train", "model.llm.pretrained=/models/my-lm: no such folder")
     assert_nothing_started(tmp_path)
 
 
 def test_eval_names_a_missing_checkpoint_and_missing_data(
-    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, synth_root: Path, in_process: InProcess
 ) -> None:
     evaluate = [str(BIN / "vlmlab-eval"), "data=synthetic", f"data.root={synth_root}"]
     result = run_command([*evaluate, "checkpoint=outputs/nowhere/stages/instruct"], tmp_path)
     assert_usage_error(result, "vlmlab-eval", "checkpoint=outputs/nowhere/stages/instruct: no such file or folder")
     missing_data = [*evaluate, "checkpoint=.", "data=docvqa", f"data.root={tmp_path}"]  # in this process
-    result = run_in_process(eval_main, missing_data, tmp_path, monkeypatch, capsys)
+    result = in_process(eval_main, missing_data, tmp_path)
     assert_usage_error(result, "vlmlab-eval", "docvqa.test.annotations=", "Check data.root")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.cli_in_process import BIN, run_in_process
+from tests.cli_in_process import BIN, InProcess
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.generate import read_requests
 from vlmlab.inference.answer import Assistant, GenerationOptions
@@ -52,8 +52,7 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
     assistant: Assistant,
     images: list[Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
+    in_process: InProcess,
 ) -> None:
     """One prompt through the command's process (its stdout holds the answer alone), a file of requests in this
     process."""
@@ -80,7 +79,7 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
         {"prompt": "Say something."},
     ]
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
-    batch = run_in_process(
+    batch = in_process(
         generate_main,
         [
             str(BIN / "vlmlab-generate"),
@@ -91,8 +90,6 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
             "batch_size=2",
         ],
         tmp_path,
-        monkeypatch,
-        capsys,
     )
     assert batch.returncode == 0, batch.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
@@ -104,14 +101,14 @@ def test_generate_answers_one_prompt_and_a_file_of_requests(
 
 
 def test_bad_image_paths_and_a_config_that_does_not_fit_are_named(
-    stage: Path, images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    stage: Path, images: list[Path], tmp_path: Path, in_process: InProcess
 ) -> None:
     lines = [{"image": str(images[0]), "prompt": "a"}, {"image": "missing.png", "prompt": "b"}]
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     with pytest.raises(ValueError, match=rf"requests.jsonl line 2: image {tmp_path / 'missing.png'} does not exist"):
         read_requests(tmp_path / "requests.jsonl", tmp_path)
     missing = [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=nowhere/cat.png", "prompt=hi"]
-    result = run_in_process(generate_main, missing, tmp_path, monkeypatch, capsys)
+    result = in_process(generate_main, missing, tmp_path)
     assert result.returncode != 0
     assert "vlmlab-generate: image nowhere/cat.png does not exist" in result.stderr
 
@@ -171,8 +168,7 @@ def test_prompts_are_free_text_as_the_readme_writes_them(
     assistant: Assistant,
     images: list[Path],
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture,
+    in_process: InProcess,
 ) -> None:
     """The README's command line, then free text with quotes, commas, brackets and ${...}: Hydra's parsing of the
     command line, run in this process (vlmlab-generate's process is tested above)."""
@@ -185,14 +181,14 @@ def test_prompts_are_free_text_as_the_readme_writes_them(
         *command[2:],
         "max_new_tokens=6",
     ]
-    result = run_in_process(generate_main, command, tmp_path, monkeypatch, capsys)
+    result = in_process(generate_main, command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     question = [{"role": "user", "content": "<image> or <image>: which is brighter?"}]
     assert result.stdout == greedy(assistant, question, images) + "\n"
 
     text = "What's in it, exactly? (a=b, [c]: ${d})"  # an apostrophe, commas, brackets, an interpolation
     free = [str(BIN / "vlmlab-generate"), f"checkpoint={stage}", "image=a.png", f"prompt={text}", "max_new_tokens=6"]
-    result = run_in_process(generate_main, free, tmp_path, monkeypatch, capsys)
+    result = in_process(generate_main, free, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout == greedy(assistant, [assistant.user_message(text, 1)], images[:1]) + "\n"
 

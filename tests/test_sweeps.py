@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.cli_in_process import BIN, run_in_process
+from tests.cli_in_process import BIN, InProcess
 from vlmlab.cli.evaluate import main as eval_main
 from vlmlab.testing import TINY_OVERRIDES
 from vlmlab.tracking.report import collect, report_figure
@@ -34,7 +34,7 @@ def curriculum_runs(workdir: Path, experiment: str) -> list:
 
 
 def test_a_two_point_grid_sweep_gives_two_runs_with_the_sweep_tag_and_a_report(
-    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, synth_root: Path, in_process: InProcess
 ) -> None:
     scored = ["eval.enabled=true", "eval.limit=4", "data.eval_batch_size=4"]  # test scores for the report
     throughput = [
@@ -99,7 +99,7 @@ def test_a_two_point_grid_sweep_gives_two_runs_with_the_sweep_tag_and_a_report(
     # vlmlab-eval on a sweep point whose connector is not the default: the stage folder says which model it is
     command = [str(BIN / "vlmlab-eval"), "checkpoint=sweep/0/stages/instruct"]  # its data: the run's
     command += ["sources=[vqa]", "limit=2", "max_new_tokens=2", "blind=false", "track=false", "hydra.run.dir=eval"]
-    evaluated = run_in_process(eval_main, command, tmp_path, monkeypatch, capsys)  # its process: tests/test_cli.py
+    evaluated = in_process(eval_main, command, tmp_path)  # its process: tests/test_cli.py
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "test/vqa/vqa_accuracy" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
