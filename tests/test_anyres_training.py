@@ -6,7 +6,6 @@ per image: tests/test_anyres.py.)"""
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.test_distributed_training import BIN, ONE_THREAD, loss_histories, train
+from tests.cli_in_process import InProcess
+from tests.test_distributed_training import BIN, loss_histories, train
+from vlmlab.cli.generate import main as generate_main
 from vlmlab.data.tiling import Tiling
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
@@ -74,11 +75,12 @@ def test_anyres_trains_and_two_processes_follow_one(runs: Path) -> None:
     assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
 
 
-def test_generate_answers_with_the_runs_tiling(runs: Path, shaped_root: Path) -> None:
+def test_generate_answers_with_the_runs_tiling(runs: Path, shaped_root: Path, in_process: InProcess) -> None:
     image = next(shaped_root.glob("images/doc/test/*.png"))
-    result = subprocess.run(
+    result = in_process(  # in this process (vlmlab-generate's own process: tests/test_generate.py)
+        generate_main,
         [str(BIN / "vlmlab-generate"), f"checkpoint={runs / 'single' / 'stages' / 'instruct'}", f"image={image}",
          "prompt=What is the total?", "max_new_tokens=3"],
-        capture_output=True, text=True, timeout=300, env=ONE_THREAD, cwd=runs,
+        runs,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

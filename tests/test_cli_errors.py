@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from huggingface_hub import constants
 from omegaconf import DictConfig
 
 from tests.cli_in_process import BIN, InProcess
@@ -65,10 +66,16 @@ MISTAKES = {
 }
 
 
-@pytest.mark.parametrize("mistake", ["stage-type", "resume"])
-def test_config_mistakes_are_one_line_before_anything_starts(tmp_path: Path, synth_root: Path, mistake: str) -> None:
+@pytest.mark.parametrize(("mistake", "where"), [("stage-type", "process"), ("resume", "in-process")])
+def test_config_mistakes_are_one_line_before_anything_starts(
+    tmp_path: Path, synth_root: Path, in_process: InProcess, mistake: str, where: str
+) -> None:
     overrides, fragments = MISTAKES[mistake]
-    result = train(tmp_path, f"data.root={synth_root}", *overrides)
+    if where == "process":  # the installed script: its exit code and stderr as a shell sees them
+        result = train(tmp_path, f"data.root={synth_root}", *overrides)
+    else:
+        command = [str(BIN / "vlmlab-train"), *TINY_OVERRIDES, f"data.root={synth_root}", *overrides]
+        result = in_process(train_main, command, tmp_path)
     assert_usage_error(result, "vlmlab-train", *fragments)
     assert_nothing_started(tmp_path)
     assert "vlmlab.models.builder" not in result.stdout + result.stderr  # the model was not built
@@ -93,8 +100,9 @@ def test_hydra_composition_errors_exit_with_the_usage_code(tmp_path: Path) -> No
     assert_nothing_started(tmp_path)
 
 
-def test_missing_data_is_found_before_the_model_is_built(tmp_path: Path) -> None:
-    result = train(tmp_path, "data=vqav2", f"data.root={tmp_path / 'datasets'}", fast=False)
+def test_missing_data_is_found_before_the_model_is_built(tmp_path: Path, in_process: InProcess) -> None:
+    command = [str(BIN / "vlmlab-train"), "data=vqav2", f"data.root={tmp_path / 'datasets'}"]
+    result = in_process(train_main, command, tmp_path)  # an error of the class above: in this process
     assert_usage_error(
         result,
         "vlmlab-train",
@@ -105,7 +113,7 @@ def test_missing_data_is_found_before_the_model_is_built(tmp_path: Path) -> None
 
 
 def test_models_from_the_hub_fail_within_seconds_offline(
-    tmp_path: Path, synth_root: Path, in_process: InProcess
+    tmp_path: Path, synth_root: Path, in_process: InProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     closed_port = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}  # nothing listens there
     start = time.monotonic()
@@ -124,8 +132,11 @@ def test_models_from_the_hub_fail_within_seconds_offline(
         "hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir <folder>",
         "set model.llm.pretrained=<folder>",
     )
-    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = train(tmp_path, f"data.root={synth_root}", "model/encoder=clip_vit_l14_336", env=offline, fast=False)
+    # HF_HUB_OFFLINE=1 (huggingface_hub reads it into its constants when imported), an empty cache: in this process
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    offline = [str(BIN / "vlmlab-train"), f"data.root={synth_root}", "model/encoder=clip_vit_l14_336"]
+    result = in_process(train_main, offline, tmp_path)
     assert_usage_error(
         result, "vlmlab-train", "model.encoder.pretrained=openai/clip-vit-large-patch14-336", "HF_HUB_OFFLINE"
     )

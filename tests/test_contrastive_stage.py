@@ -38,12 +38,16 @@ CONTRASTIVE = [
     "experiment_name=contrastive",
 ]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+CHECKPOINTED = ["callbacks.checkpoint.every_n_train_steps=10", "data.num_workers=1"]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data, and the single-process run "single" (checkpoints and a loader worker change none of its numbers:
+    the uninterrupted run a SIGKILLed one is compared with)."""
     path = tmp_path_factory.mktemp("contrastive")
     write_synthetic_dataset(path / "data", DATA)
+    train(path, "single", *CHECKPOINTED)
     return path
 
 
@@ -71,7 +75,6 @@ def weights(workdir: Path, name: str, stage: str = "pretrain") -> dict[str, torc
 
 
 def test_encoder_pretraining_alone_raises_retrieval_recall_above_chance(workdir: Path) -> None:
-    train(workdir, "single")
     for direction in ("i2t", "t2i"):  # chance: 1/32 at rank 1, 5/32 in the top 5
         (first, _), (last, top1) = history(workdir, "single", f"val/caption/{direction}_r1")
         assert (first, last) == (STEPS // 2 - 1, STEPS - 1)
@@ -116,12 +119,10 @@ def test_two_processes_follow_one_process(workdir: Path) -> None:
 
 def test_sigkill_in_the_contrastive_stage_then_resume_gives_the_uninterrupted_weights(workdir: Path) -> None:
     kill = ["+callbacks.kill._target_=vlmlab.testing.KillAtStep", "+callbacks.kill.stage=pretrain"]
-    every = ["callbacks.checkpoint.every_n_train_steps=10", "data.num_workers=1"]
-    train(workdir, "straight", *every)
-    train(workdir, "killed", *every, *kill, "+callbacks.kill.step=14", expect=-signal.SIGKILL)
-    train(workdir, "resumed", *every, "run_name=killed", "resume=killed")
-    expected, got = weights(workdir, "straight"), weights(workdir, "killed")
+    train(workdir, "killed", *CHECKPOINTED, *kill, "+callbacks.kill.step=14", expect=-signal.SIGKILL)
+    train(workdir, "resumed", *CHECKPOINTED, "run_name=killed", "resume=killed")
+    expected, got = weights(workdir, "single"), weights(workdir, "killed")
     assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
-    resumed, straight = history(workdir, "killed", "train/loss"), history(workdir, "straight", "train/loss")
+    resumed, straight = history(workdir, "killed", "train/loss"), history(workdir, "single", "train/loss")
     assert [step for step, _ in resumed] == [step for step, _ in straight] == list(range(STEPS))  # each step once
     torch.testing.assert_close(torch.tensor([v for _, v in resumed]), torch.tensor([v for _, v in straight]))

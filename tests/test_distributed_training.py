@@ -1,22 +1,26 @@
 """Two CPU processes (gloo) through `vlmlab-train`: DDP and FSDP2 follow the single-process run with
 the same global batch (over more than an epoch whose samples do not fill a last global batch, validating at
-the same optimizer steps); FSDP2's sharded checkpoint resumes and converts to weights `vlmlab-eval` loads."""
+the same optimizer steps), DDP's run SIGKILLed in its second epoch and resumed, with a loader worker; FSDP2's sharded
+checkpoint resumes and converts to weights `vlmlab-eval` loads."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.cli_in_process import BIN
-from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, free_port
+from tests.cli_in_process import BIN, InProcess
+from vlmlab.cli.evaluate import main as eval_main
+from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, free_port, run_command
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
 
@@ -24,6 +28,7 @@ pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conf
 # is 110 samples (vqa 48 + doc 48 + 14 captions): 13 steps and a remainder of 6, on 1 process as on 2.
 STEPS = 16
 VAL_EVERY = 5  # optimizer steps
+KILL_AT = 15  # the DDP run's SIGKILL: in epoch 1 (steps 14-26), before its validation at step 15
 COMMON = [
     *TINY_OVERRIDES,
     "curriculum.stages.align.micro_batch_size=4",
@@ -44,7 +49,14 @@ RUNS = {
     "single": ["trainer.devices=1", NO_GENERATION],
     "single-lora": ["trainer.devices=1", *LORA, NO_GENERATION],
     "fsdp2-lora": ["trainer.devices=2", "strategy=fsdp2", *LORA],  # generation validation on: it must step aside
-    "ddp": ["trainer.devices=2", "strategy=ddp", NO_GENERATION],
+    # killed at step KILL_AT, 1 step after a checkpoint in its second epoch, and resumed (kill_and_resume)
+    "ddp": [
+        "trainer.devices=2",
+        "strategy=ddp",
+        NO_GENERATION,
+        "data.num_workers=1",
+        f"callbacks.checkpoint.every_n_train_steps={KILL_AT - 1}",
+    ],
     "fsdp2": [
         "trainer.devices=2",
         NO_GENERATION,
@@ -60,22 +72,37 @@ RUNS = {
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def train(workdir: Path, synth_root: Path, name: str, *extra: str) -> None:
+def train(workdir: Path, synth_root: Path, name: str, *extra: str, expect: int = 0) -> None:
     command = [str(BIN / "vlmlab-train"), *COMMON, f"data.root={synth_root}", f"hydra.run.dir={name}", *extra]
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600, env=ONE_THREAD)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # in a new session: a kill callback kills the run's process group, not pytest
+    result = run_command(command, workdir, env=ONE_THREAD, new_session=True)
+    assert result.returncode == expect, result.stderr[-3000:]
     (workdir / f"{name}.log").write_text(result.stdout + result.stderr)
+
+
+def kill_and_resume(workdir: Path, synth_root: Path, name: str, *extra: str) -> None:
+    """The run `name` SIGKILLed at optimizer step KILL_AT of the instruct stage, then resumed to its end."""
+    kill = ["+callbacks.kill._target_=vlmlab.testing.KillAtStep", "+callbacks.kill.stage=instruct"]
+    train(workdir, synth_root, name, *extra, *kill, f"+callbacks.kill.step={KILL_AT}", expect=-signal.SIGKILL)
+    state = json.loads((workdir / name / "curriculum_state.json").read_text())
+    assert state["stages"]["instruct"]["status"] == "running"
+    train(workdir, synth_root, f"{name}-resumed", *extra, f"resume={name}")
+
+
+def curriculum_runs(workdir: Path, run_name: str) -> tuple[MlflowClient, list[Run]]:
+    """The MLflow runs of the curriculum run named `run_name`: its parent run, then one run per stage."""
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("distributed").experiment_id])
+    parent = next(r for r in runs if r.info.run_name == run_name)
+    return client, [parent, *(r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id)]
 
 
 def loss_histories(workdir: Path, run_name: str, key: str = "train/loss") -> dict[str, list[tuple[int, float]]]:
     """Stage -> [(step, value of `key`)] of the curriculum run named `run_name`."""
-    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("distributed").experiment_id])
-    parent = next(r for r in runs if r.info.run_name == run_name).info.run_id
+    client, (_, *stages) = curriculum_runs(workdir, run_name)
     return {
         r.data.tags["stage"]: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, key))
-        for r in runs
-        if r.data.tags.get("mlflow.parentRunId") == parent
+        for r in stages
     }
 
 
@@ -83,7 +110,7 @@ def loss_histories(workdir: Path, run_name: str, key: str = "train/loss") -> dic
 def runs(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
     workdir = tmp_path_factory.mktemp("distributed")
     for name, overrides in RUNS.items():
-        train(workdir, synth_root, name, f"run_name={name}", *overrides)
+        (kill_and_resume if name == "ddp" else train)(workdir, synth_root, name, f"run_name={name}", *overrides)
     return workdir
 
 
@@ -91,7 +118,10 @@ def test_ddp_and_fsdp2_follow_the_single_process_run(runs: Path) -> None:
     single = loss_histories(runs, "single")
     assert [step for step, _ in single["instruct"]] == list(range(STEPS))
     expected = load_file(runs / "single" / "stages" / "instruct" / "model.safetensors")
-    # DDP: the same arithmetic (exact); FSDP2: rounding differs (its flat parameter buffers), within 1e-5 here
+    # DDP (killed and resumed): the same arithmetic (exact); FSDP2: rounding differs (its flat parameter buffers),
+    # within 1e-5 here
+    _, ddp_runs = curriculum_runs(runs, "ddp")  # the resumed run went on in the killed one's MLflow runs
+    assert len(ddp_runs) == 3 and {r.info.status for r in ddp_runs} == {"FINISHED"}
     for name, tolerance in (("ddp", 0.0), ("fsdp2", 1e-5)):
         history = loss_histories(runs, name)
         for stage in ("align", "instruct"):  # train/loss is the global batch's mean
@@ -130,7 +160,9 @@ def test_lora_under_fsdp2_follows_the_single_process_run(runs: Path) -> None:
     assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-5
 
 
-def test_a_sharded_checkpoint_resumes_and_converts_for_vlmlab_eval(runs: Path, synth_root: Path) -> None:
+def test_a_sharded_checkpoint_resumes_and_converts_for_vlmlab_eval(
+    runs: Path, synth_root: Path, in_process: InProcess
+) -> None:
     run_dir = runs / "fsdp2"
     checkpoints = run_dir / "stages" / "instruct" / "checkpoints"
     assert (checkpoints / "last.ckpt" / ".metadata").is_file()  # a folder of shards, one file per process
@@ -151,12 +183,12 @@ def test_a_sharded_checkpoint_resumes_and_converts_for_vlmlab_eval(runs: Path, s
     assert max((resumed[k] - final[k]).abs().max().item() for k in final) <= 1e-6
     assert [step for step, _ in loss_histories(runs, "fsdp2")["instruct"]][-1] == STEPS - 1
 
-    # vlmlab-eval reads the sharded checkpoint folder (last.ckpt) in one process: the same scores as the stage's file.
+    # vlmlab-eval (in this process) reads the sharded checkpoint folder (last.ckpt) alone: the stage file's scores.
     scores = {}
     for name, checkpoint in (("sharded", checkpoints / "last.ckpt"), ("file", run_dir / "stages" / "instruct")):
         command = [str(BIN / "vlmlab-eval"), f"checkpoint={checkpoint}"]  # the model and data: the run's
         command += [f"hydra.run.dir=eval-{name}", "sources=[vqa]", "max_new_tokens=4"]
-        result = subprocess.run(command, cwd=runs, capture_output=True, text=True, timeout=300)
+        result = in_process(eval_main, command, runs)
         assert result.returncode == 0, result.stderr[-3000:]
         scores[name] = json.loads((runs / f"eval-{name}" / "metrics.json").read_text())
     assert scores["sharded"] == scores["file"] and "test/vqa/vqa_accuracy" in scores["file"]

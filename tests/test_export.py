@@ -18,9 +18,11 @@ from transformers import (
     LlavaProcessor,
 )
 
-from tests.cli_in_process import BIN
+from tests.cli_in_process import BIN, InProcess
 from tests.tiny_models import tiny_llama_config
+from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.import_llava import import_llava
+from vlmlab.cli.import_llava import main as import_main
 from vlmlab.inference.answer import Assistant
 from vlmlab.inference.loading import LoadedModel, load_model, save_model_folder
 from vlmlab.interop.hf_llava import check_fits_llava
@@ -176,22 +178,25 @@ def test_a_model_llava_cannot_express_is_refused_and_saved_in_vlmlabs_format(tok
     assert torch.equal(logits(reloaded.model, inputs), logits(model, inputs))
 
 
-def test_an_incomplete_llava_folder_is_named_with_what_it_lacks(tokenizer, tmp_path: Path) -> None:
+def test_an_incomplete_llava_folder_is_named_with_what_it_lacks(
+    tokenizer, tmp_path: Path, in_process: InProcess
+) -> None:
+    """The commands run in this process (their processes: tests/test_generate.py, tests/test_llava_next.py)."""
     tiny_llava(tokenizer, tmp_path / "hf", chat_template=None)
     generate = [str(BIN / "vlmlab-generate"), f"checkpoint={tmp_path / 'hf'}", "prompt=hi", "max_new_tokens=2"]
-    refused = run_command(generate, cwd=tmp_path)  # a processor and tokenizer without a chat template
+    refused = in_process(generate_main, generate, tmp_path)  # a processor and tokenizer without a chat template
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert refused.stderr.strip().splitlines()[-1] == (
         f"vlmlab-generate: {tmp_path / 'hf'}: neither its processor nor its tokenizer has a chat template; give one "
         "with chat_template=<a name (vicuna_v1 for LLaVA-1.5, simple) or a Jinja string>"
     )
-    answered = run_command([*generate, "chat_template=vicuna_v1"], cwd=tmp_path)
+    answered = in_process(generate_main, [*generate, "chat_template=vicuna_v1"], tmp_path)
     assert answered.returncode == 0, answered.stderr[-3000:]
 
     for name in ("preprocessor_config.json", "processor_config.json", "tokenizer.json"):
         (tmp_path / "hf" / name).unlink(missing_ok=True)
-    imported = run_command(
-        [str(BIN / "vlmlab-import"), f"source={tmp_path / 'hf'}", f"output={tmp_path / 'vlm'}"], cwd=tmp_path
+    imported = in_process(
+        import_main, [str(BIN / "vlmlab-import"), f"source={tmp_path / 'hf'}", f"output={tmp_path / 'vlm'}"], tmp_path
     )
     assert imported.returncode == 2 and "Traceback" not in imported.stderr, imported.stderr[-3000:]
     assert imported.stderr.strip().splitlines()[-1] == (

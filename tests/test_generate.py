@@ -11,6 +11,7 @@ import json
 import shlex
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.cli_in_process import BIN, InProcess
+from vlmlab.cli.chat import main as chat_main
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.generate import read_requests
 from vlmlab.inference.answer import Assistant, GenerationOptions
@@ -193,8 +195,11 @@ def test_prompts_are_free_text_as_the_readme_writes_them(
     assert result.stdout == greedy(assistant, [assistant.user_message(text, 1)], images[:1]) + "\n"
 
 
-def test_chat_help_and_ctrl_c(stage: Path, tmp_path: Path) -> None:
-    helped = run_command([str(BIN / "vlmlab-chat"), f"checkpoint={stage}"], cwd=tmp_path, stdin="/help\n/quit\n")
+def test_chat_help_and_ctrl_c(
+    stage: Path, tmp_path: Path, in_process: InProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/help\n/quit\n"))  # in this process; Ctrl-C below in its own
+    helped = in_process(chat_main, [str(BIN / "vlmlab-chat"), f"checkpoint={stage}"], tmp_path)
     assert helped.returncode == 0 and helped.stdout == ""  # nothing was sent to the model
     assert "/image PATH" in helped.stderr and "/reset" in helped.stderr
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,8 +21,10 @@ import pytest
 import torch
 from torch import nn
 
-from tests.cli_in_process import BIN, one_line, run_main
+from tests.cli_in_process import BIN, InProcess, one_line, run_main
+from vlmlab.cli.chat import main as chat_main
 from vlmlab.cli.entry import invocation
+from vlmlab.cli.export import main as export_main
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.next_steps import HEADER
 from vlmlab.cli.train import main as train_main
@@ -105,8 +108,10 @@ def printed_next_steps(stdout: list[str]) -> dict[str, list[str]]:
 
 
 def test_a_run_prints_its_folder_and_the_next_commands_which_run_as_printed(
-    demo_quick: tuple[Path, list[str]],
+    demo_quick: tuple[Path, list[str]], in_process: InProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """vlmlab-eval and mlflow as processes; generate, chat and export in this process (their own processes are
+    started in tests/test_generate.py and tests/test_export.py)."""
     workdir, stdout = demo_quick
     (started,) = [line for line in stdout if line.startswith("vlmlab-train: run folder ")]
     run_dir = workdir / started.removeprefix("vlmlab-train: run folder ")
@@ -131,16 +136,15 @@ def test_a_run_prints_its_folder_and_the_next_commands_which_run_as_printed(
     for predictions in (run_dir / "predictions").glob("*_scores.jsonl"):  # the same answers, as many tokens
         assert (out / "predictions" / predictions.name).read_text() == predictions.read_text()
 
-    generated = subprocess.run(steps["vlmlab-generate"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    generated = in_process(generate_main, steps["vlmlab-generate"], workdir)
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-3000:]
     image = next(a for a in steps["vlmlab-generate"] if a.startswith("image=")).removeprefix("image=")
     assert image.startswith("data/synthetic_quick/") and "/test/" in image  # one of the run's own test images
-    chat = subprocess.run(
-        steps["vlmlab-chat"], cwd=workdir, input="hello\n", capture_output=True, text=True, timeout=300
-    )
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))  # a pipe: answers only
+    chat = in_process(chat_main, steps["vlmlab-chat"], workdir)
     assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr[-3000:]
     assert steps["vlmlab-export"][-1] == "format=vlmlab"  # the demo's timm encoder has no Hugging Face counterpart
-    exported = subprocess.run(steps["vlmlab-export"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    exported = in_process(export_main, steps["vlmlab-export"], workdir)
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (
         workdir

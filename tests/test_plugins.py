@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from tests.cli_in_process import BIN
+from tests.cli_in_process import BIN, InProcess
+from vlmlab.cli.train import main as train_main
 from vlmlab.errors import UsageError
 from vlmlab.models.component_check import check_connector_config
 from vlmlab.testing import TINY_OVERRIDES
@@ -56,7 +57,7 @@ def write_plugin(root: Path) -> Path:
 
 
 def test_a_connector_from_the_users_own_folder_trains_through_the_cli(
-    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, synth_root: Path, monkeypatch: pytest.MonkeyPatch, in_process: InProcess
 ) -> None:
     conf = write_plugin(tmp_path / "plugin")
     env = {
@@ -87,16 +88,19 @@ def test_a_connector_from_the_users_own_folder_trains_through_the_cli(
     weights = load_file(tmp_path / "run" / "stages" / "instruct" / "model.safetensors")
     assert weights["connector.proj.weight"].shape == (32, 128)  # LLM width x encoder width, injected
 
-    # One mistake through the command line (one line, exit 2, before the encoder and LLM are built, no run folder)
+    # Mistakes through the command line in this process (one line, exit 2, before the encoder and LLM are built, no
+    # run folder): the package not on the path, then a module it lacks
+    unplugged = in_process(train_main, [*command, "model/connector=strided", "hydra.run.dir=unplugged"], tmp_path)
+    assert unplugged.returncode == 2, unplugged.stderr[-3000:]
+    monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
     (conf / "model" / "connector" / "nowhere.yaml").write_text("_target_: my_pkg.projectors.StridedPoolConnector\n")
-    result = train("nowhere", "nowhere")
+    result = in_process(train_main, [*command, "model/connector=nowhere", "hydra.run.dir=nowhere"], tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr and "no module named 'my_pkg.projectors'. Is the folder" in last_line
     assert "encoder: vlmlab.models.encoders" not in result.stdout + result.stderr
     assert not (tmp_path / "nowhere").exists()
-    # The others in this process: the same check the command line runs first
-    monkeypatch.syspath_prepend(str(tmp_path / "plugin"))
+    # The others: the same check the command line runs first
     for target, extra, message in (
         ("my_pkg.projector.Unfit", {}, "is not a subclass of vlmlab.models.connectors.Connector"),
         ("my_pkg.projector.StridedPool", {}, "my_pkg.projector has no 'StridedPool'; its classes: Connector, "),
@@ -105,8 +109,4 @@ def test_a_connector_from_the_users_own_folder_trains_through_the_cli(
         with pytest.raises(UsageError, match=re.escape(message)):
             check_connector_config(OmegaConf.create({"_target_": target, **extra}))
 
-    unplugged = subprocess.run(
-        [*command, "model/connector=strided", "hydra.run.dir=unplugged"], cwd=tmp_path, capture_output=True, text=True
-    )  # without PYTHONPATH
-    assert unplugged.returncode == 2
     assert "no module named 'my_pkg'. Is the folder that holds it on PYTHONPATH" in unplugged.stderr

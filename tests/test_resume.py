@@ -1,6 +1,6 @@
 """Exact resume: a curriculum SIGKILLed in stage 2 and resumed through `vlmlab-train resume=<run>` ends with the
 uninterrupted run's weights and MLflow history, after a mid-epoch and after an end-of-epoch checkpoint of a later
-epoch, with loader workers, on one process and on two.
+epoch, with loader workers (two processes: tests/test_distributed_training.py, whose DDP run is killed and resumed).
 
 The instruct stage trains 110 samples a epoch (vqa 48 + doc 48 + 30 % of 48 captions) in global batches of 8:
 13 optimizer steps, the remainder of 6 left out; epoch 0 is steps 1-13, epoch 1 steps 14-26, epoch 2 steps 27-30.
@@ -20,7 +20,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.cli_in_process import BIN, with_tests_importable
+from tests.cli_in_process import BIN, InProcess, with_tests_importable
+from vlmlab.cli.train import main as train_main
 from vlmlab.testing import TINY_OVERRIDES, run_command
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
@@ -62,20 +63,6 @@ def stage_runs(client: MlflowClient, run_name: str) -> dict[str, object]:
 def histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
     keys = client.get_run(run_id).data.metrics
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
-
-
-def kill_and_resume(
-    workdir: Path, synth_root: Path, name: str, checkpoint_every: int, kill_at: int, *extra: str
-) -> subprocess.CompletedProcess:
-    common = [f"run_name={name}", f"callbacks.checkpoint.every_n_train_steps={checkpoint_every}", *extra]
-    kill = ["+callbacks.kill._target_=vlmlab.testing.KillAtStep", "+callbacks.kill.stage=instruct"]
-    killed = run(train_command(synth_root, name, *common, *kill, f"+callbacks.kill.step={kill_at}"), workdir)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    state = json.loads((workdir / "outputs" / name / "curriculum_state.json").read_text())
-    assert state["stages"]["align"]["status"] == "done" and state["stages"]["instruct"]["status"] == "running"
-    resumed = run(train_command(synth_root, f"{name}-resumed", *common, f"resume=outputs/{name}"), workdir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return resumed
 
 
 def assert_same_training(workdir: Path, name: str, reference: str, weights_atol: float = 1e-6) -> None:
@@ -144,25 +131,17 @@ def test_sigkill_in_a_later_epoch_then_resume_gives_the_uninterrupted_run(
     assert json.loads((folder / "curriculum_state.json").read_text())["finished"]
 
 
-def test_resuming_a_finished_curriculum_changes_nothing(workdir: Path, synth_root: Path) -> None:
+def test_resuming_a_finished_curriculum_changes_nothing(workdir: Path, synth_root: Path, in_process: InProcess) -> None:
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     before = stage_runs(client, "straight")["parent"]
-    again = run(train_command(synth_root, "again", "run_name=straight", "resume=outputs/straight"), workdir)
+    again = in_process(train_main, train_command(synth_root, "again", "run_name=straight", "resume=outputs/straight"),
+                       workdir)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert "is finished: nothing to resume" in again.stdout
     after = stage_runs(client, "straight")["parent"]
     assert after.info.end_time == before.info.end_time and after.info.status == "FINISHED"
     assert histories(client, after.info.run_id) == histories(client, before.info.run_id)
     assert not (workdir / "outputs" / "again").exists() or not any((workdir / "outputs" / "again").glob("stages"))
-
-
-def test_two_processes_resume_exactly(workdir: Path, synth_root: Path) -> None:
-    ddp = ["trainer.devices=2", "strategy=ddp", "trainer.accelerator=cpu", "data.num_workers=1"]
-    ddp.append("curriculum.stages.align.micro_batch_size=4")  # a global batch of 8 over 2 processes
-    straight = run(train_command(synth_root, "straight-ddp", "run_name=straight-ddp", *ddp), workdir)
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    kill_and_resume(workdir, synth_root, "ddp", *SCENARIOS["mid-epoch"], *ddp)
-    assert_same_training(workdir, "ddp", "straight-ddp")
 
 
 def test_ctrl_c_prints_the_command_that_resumes_a_moved_run_folder(workdir: Path, synth_root: Path) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.cli_in_process import InProcess
 from tests.test_resume import BIN, run
+from vlmlab.cli.data import main as data_main
 from vlmlab.testing import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
@@ -31,17 +33,17 @@ TWO_SOURCES = [
 DDP = ["trainer.devices=2", "strategy=ddp", "trainer.accelerator=cpu", "curriculum.stages.instruct.micro_batch_size=4"]
 
 
-def optimize(synth_root: Path, out: Path, cwd: Path) -> str:
+def optimize_command(synth_root: Path, out: Path) -> list[str]:
     command = [str(BIN / "vlmlab-data"), "optimize", "--source", "vqa", "--source", "doc", "--split", "train"]
-    done = run([*command, "--workers", "2", f"output={out}", *TINY_OVERRIDES, f"data.root={synth_root}"], cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+    return [*command, "--workers", "2", f"output={out}", *TINY_OVERRIDES, f"data.root={synth_root}"]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
     workdir = tmp_path_factory.mktemp("streaming")
-    said = optimize(synth_root, workdir / "shards", workdir)
+    done = run(optimize_command(synth_root, workdir / "shards"), workdir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout
     assert "vqa/train: written, 48 of 48 records" in said and "doc/train: written, 48 of 48 records" in said
     return workdir / "shards"
 
@@ -90,9 +92,10 @@ def batches(workdir: Path, name: str, rank: int) -> list[dict]:
     return [json.loads(line) for line in (workdir / "outputs" / name / "ids" / f"rank{rank}.jsonl").open()]
 
 
-def test_optimize_again_writes_nothing(shards: Path, synth_root: Path) -> None:
-    said = optimize(synth_root, shards, shards.parent)
-    assert "vqa/train: up to date" in said and "doc/train: up to date" in said
+def test_optimize_again_writes_nothing(shards: Path, synth_root: Path, in_process: InProcess) -> None:
+    done = in_process(data_main, optimize_command(synth_root, shards), shards.parent)  # in this process
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "vqa/train: up to date" in done.stdout and "doc/train: up to date" in done.stdout
 
 
 def test_sigkill_then_resume_from_shards_with_loader_workers(shards: Path, synth_root: Path) -> None:
