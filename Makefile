@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/vlmlab-train experiment=demo
 
-# In parallel worker processes (pytest-xdist), one test file per worker at a time: a file's fixtures are built once;
-# the 20 slowest tests are listed at the end.
+# In parallel worker processes (pytest-xdist), one test file per worker at a time: a file's fixtures are built once.
+# Files are handed out in collection order, the long end-to-end ones (marked slow) first (tests/conftest.py), not
+# xdist's default of the files with the most tests first; the 20 slowest tests are listed at the end.
 test: $(STAMP)
-	$(BIN)/pytest -n auto --dist loadfile --durations=20
+	$(BIN)/pytest -n auto --dist loadfile --no-loadscope-reorder --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
