@@ -5,18 +5,17 @@ per image: tests/test_anyres.py.)"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from tests.cli_in_process import InProcess
 from tests.test_distributed_training import BIN, loss_histories, train
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.data.tiling import Tiling
+from vlmlab.testing import reshaped_copy
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
 
@@ -37,12 +36,7 @@ GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # data.anyres.grid_pinpoints' 
 @pytest.fixture(scope="module")
 def shaped_root(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
     """The tiny synthetic dataset with every image resized to one of SHAPES in turn."""
-    root = tmp_path_factory.mktemp("shaped") / "synthetic"
-    shutil.copytree(synth_root, root)
-    for i, path in enumerate(sorted(root.glob("images/**/*.png"))):
-        height, width = SHAPES[i % len(SHAPES)]
-        Image.open(path).resize((width, height)).save(path)
-    return root
+    return reshaped_copy(synth_root, tmp_path_factory.mktemp("shaped") / "synthetic", SHAPES)
 
 
 @pytest.fixture(scope="module")

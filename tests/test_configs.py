@@ -81,7 +81,9 @@ def test_every_tiny_encoder_builds_into_a_model(compose_config, encoder: str) ->
     model = build_vlm(cfg.model)
     assert model.connector.in_dim == model.encoder.output_dim
     assert model.connector.out_dim == model.llm.hidden_size
-    assert model.connector.num_in_tokens == model.encoder.num_patches
+    # the patches of an image (a native-resolution encoder's: the most tokens an image gives)
+    tokens = model.encoder.max_tokens if model.native_resolution else model.encoder.num_patches
+    assert model.connector.num_in_tokens == tokens
 
 
 @pytest.mark.parametrize("connector", group_options("model/connector"))

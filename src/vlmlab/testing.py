@@ -6,6 +6,7 @@ vlmlab's commands never import this module."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+from PIL import Image
 
 from vlmlab.data.synthetic import SynthConfig
 from vlmlab.presets import config_dir
@@ -61,6 +63,16 @@ TINY_DEMO_PRETRAIN = [
     "model.text_tower.config.intermediate_size=64",
     "model.text_tower.config.num_hidden_layers=1",
 ]
+
+
+def reshaped_copy(root: Path, out: Path, shapes: Sequence[tuple[int, int]]) -> Path:
+    """A copy in `out` of the synthetic dataset at `root`, its images resized to `shapes` (height, width) in turn:
+    the images of one batch at different aspect ratios."""
+    shutil.copytree(root, out)
+    for i, path in enumerate(sorted(out.glob("images/**/*.png"))):
+        height, width = shapes[i % len(shapes)]
+        Image.open(path).resize((width, height)).save(path)
+    return out
 
 
 def compose_train(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from vlmlab.data.chat_format import SampleError
 from vlmlab.data.conversation_dataset import record_images
 from vlmlab.data.datamodule import VLMDataModule
-from vlmlab.models.image_layout import ImageTokenLayout
+from vlmlab.models.image_layout import ImageTokenLayout, NativeTokenLayout
 from vlmlab.terminal import table_console
 
 SHOWN_IDS = 5  # problem ids listed per reason
@@ -57,7 +57,7 @@ def percentiles(values: list[int]) -> dict[int, int]:
 
 
 def _summaries(
-    samples: list[dict[str, Any]], layout: ImageTokenLayout | None, per_image: int
+    samples: list[dict[str, Any]], layout: ImageTokenLayout | NativeTokenLayout | None, per_image: int
 ) -> list[tuple[Any, str | None, str, int, list[int]]]:
     """(id, skip reason, message, tokens, image tokens of each image) per sample: all the report keeps of a batch."""
     summaries = []

@@ -11,9 +11,17 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from vlmlab.data.chat_format import IGNORE_INDEX, ChatFormatter, SampleError, to_messages
-from vlmlab.data.image_processing import ANY_FOLDER, ImagePolicy, ImageProcessor, ProcessedImage, image_size, read_image
+from vlmlab.data.image_processing import (
+    ANY_FOLDER,
+    ImagePolicy,
+    ImageProcessor,
+    NativeImageProcessor,
+    ProcessedImage,
+    image_size,
+    read_image,
+)
 from vlmlab.models.batch import Batch
-from vlmlab.models.image_layout import ImageTokenLayout
+from vlmlab.models.image_layout import ImageTokenLayout, NativeTokenLayout
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +85,7 @@ class ConversationDataset(Dataset):
         self,
         records: Sequence[dict[str, Any]],
         formatter: ChatFormatter,
-        image_processor: ImageProcessor,
+        image_processor: ImageProcessor | NativeImageProcessor,
         task: str,
         source: str = "",
         prompt_only: bool = False,
@@ -85,7 +93,7 @@ class ConversationDataset(Dataset):
         on_bad_record: BadRecordPolicy = "raise",
         features: StoredImageFeatures | None = None,
         origin: str | None = None,
-        image_layout: ImageTokenLayout | None = None,
+        image_layout: ImageTokenLayout | NativeTokenLayout | None = None,
         image_policy: ImagePolicy = ANY_FOLDER,
     ) -> None:
         self.records = records
@@ -123,9 +131,9 @@ class ConversationDataset(Dataset):
 
     def load_image(self, image: str | dict[str, Any]) -> ProcessedImage:
         """One of a record's images as the model takes it (blank for the blind baseline)."""
-        if self.blank_images:  # tiled: as many tokens as the image would take, so its size is read
-            tiled = self.image_processor.tiling is not None
-            size = image_size(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT, self.image_policy) if tiled else None
+        if self.blank_images:  # tiled or native: as many tokens as the image would take, so its size is read
+            sized = self.image_processor.size_sets_tokens
+            size = image_size(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT, self.image_policy) if sized else None
             return self.image_processor.blank(size)
         return self.image_processor(read_image(image, MISSING_IMAGE_HINT, BAD_IMAGE_HINT, self.image_policy))
 

@@ -24,7 +24,8 @@ from vlmlab.data.formats import HFRecords, Record, read_split, split_image_root,
 from vlmlab.data.image_processing import (
     ImagePolicy,
     ImageProcessor,
-    image_processor_for,
+    NativeImageProcessor,
+    encoder_image_processor,
     image_size,
 )
 from vlmlab.data.lengths import SampleLengths, estimate_length
@@ -35,7 +36,7 @@ from vlmlab.data.shards import ShardRecords
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.errors import UsageError
 from vlmlab.models.encoders.base import VisionEncoder
-from vlmlab.models.image_layout import ImageTokenLayout, tokens_side
+from vlmlab.models.image_layout import ImageTokenLayout, NativeTokenLayout, tokens_side
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.presets import preset_values
 
@@ -137,7 +138,7 @@ class VLMDataModule(L.LightningDataModule):
         sources: dict[str, dict[str, Any]],
         mixture: dict[str, float],
         formatter: ChatFormatter,
-        image_processor: ImageProcessor,
+        image_processor: ImageProcessor | NativeImageProcessor,
         micro_batch_size: int,
         *,
         seed: int,
@@ -156,7 +157,7 @@ class VLMDataModule(L.LightningDataModule):
         root: str | None = None,
         synthetic: dict[str, Any] | None = None,
         encoder: VisionEncoder | None = None,
-        image_layout: ImageTokenLayout | None = None,
+        image_layout: ImageTokenLayout | NativeTokenLayout | None = None,
     ) -> None:
         super().__init__()
         self.max_image_pixels = max_image_pixels
@@ -203,6 +204,10 @@ class VLMDataModule(L.LightningDataModule):
         preprocessing); `mixture` and the batch sizes are a stage's (none for evaluation), and
         `encoder_frozen` lets it use `data.feature_cache` (when enabled)."""
         synthetic = data_cfg.get("synthetic")
+        try:
+            image_processor = encoder_image_processor(model.encoder, data_cfg.image_resize, data_cfg.get("anyres"))
+        except ValueError as err:
+            raise UsageError(str(err)) from err
         if data_cfg.image_resize == "anyres":
             try:
                 tokens_side(model.connector.num_out_tokens)
@@ -211,13 +216,17 @@ class VLMDataModule(L.LightningDataModule):
         formatter = ChatFormatter(
             model.llm.tokenizer, model.llm.image_token, model.num_image_tokens, max_length=data_cfg.max_length
         )
+        cache = data_cfg.get("feature_cache")
+        if model.native_resolution and encoder_frozen and cache and cache.get("enabled"):
+            raise UsageError(
+                "data.feature_cache stores features of one shape per image; a native-resolution encoder's differ in "
+                "length: set data.feature_cache.enabled=false"
+            )
         return cls(
             sources=OmegaConf.to_container(data_cfg.sources, resolve=True),
             mixture=mixture or {},
             formatter=formatter,
-            image_processor=image_processor_for(
-                model.encoder.preprocessing, data_cfg.image_resize, data_cfg.get("anyres")
-            ),
+            image_processor=image_processor,
             micro_batch_size=micro_batch_size,
             batch_size=batch_size,
             seed=seed,
@@ -302,10 +311,11 @@ class VLMDataModule(L.LightningDataModule):
         )
 
     def lengths(self, source: str, split: str) -> SampleLengths:
-        """Estimated sample lengths and modalities, for grouping batches. Tiled images count their
-        own tokens, from the size in each image's header (read once per record, not decoded)."""
+        """Estimated sample lengths and modalities, for grouping batches. Tiled images (and a native-resolution
+        encoder's) count their own tokens, from the size in each image's header (read once per record, not
+        decoded)."""
         records = self.records(source, split)
-        tiled = self.image_processor.tiling is not None and self.image_layout is not None
+        tiled = self.image_processor.size_sets_tokens and self.image_layout is not None
         if isinstance(records, ShardRecords):
             tokens = self.formatter.num_image_tokens
             return records.estimated_lengths(self._tiled_count_of_size if tiled else tokens)
@@ -319,12 +329,12 @@ class VLMDataModule(L.LightningDataModule):
         return SampleLengths.of(estimate_length(r, count) for r in records)
 
     def tiled_image_tokens(self, image: Any, policy: ImagePolicy) -> int:
-        """Tokens of one (tiled) image; an unreadable image (or one `policy` refuses) counts as untiled (its record
-        is skipped later)."""
+        """Tokens of one (tiled or native-resolution) image; an unreadable image (or one `policy` refuses) counts as
+        an untiled one, or as the most a native-resolution image takes (its record is skipped later)."""
         try:
             size = image_size(image, policy=policy)
         except (SampleError, OSError):
-            return self.image_layout.count((0, 0, 0, 0))
+            return self.formatter.num_image_tokens
         return self._tiled_count_of_size(size)
 
     def _tiled_count_of_size(self, size: tuple[int, int]) -> int:

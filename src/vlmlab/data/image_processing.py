@@ -15,9 +15,12 @@ import torch
 from PIL import ExifTags, Image, ImageOps
 
 from vlmlab.data.chat_format import SampleError
+from vlmlab.data.native_resolution import image_patches
 from vlmlab.data.pixels import pixel_ops
 from vlmlab.data.tiling import Tiling, fitted_size, tiling_from_options
-from vlmlab.models.encoders.base import ImagePreprocessing
+from vlmlab.models.encoders.base import ImagePreprocessing, VisionEncoder
+from vlmlab.models.encoders.native_resolution import NativeResolutionEncoder
+from vlmlab.models.encoders.patch_recipe import PatchRecipe
 
 ResizeMode = Literal["resize", "letterbox", "resize_crop", "anyres"]
 
@@ -117,10 +120,11 @@ def image_size(
 @dataclass
 class ProcessedImage:
     """An image as the model takes it: its tiles [k, 3, H, W] (k = 1 unless tiled) and its grid row
-    (tile rows, tile columns, original height, original width; 0 rows = untiled), see `vlmlab.models.image_layout`."""
+    (tile rows, tile columns, original height, original width; 0 rows = untiled), see `vlmlab.models.image_layout`;
+    for a native-resolution encoder its patches [n, patch_dim] and grid row (frames, patch rows, patch columns)."""
 
     pixels: torch.Tensor
-    grid: tuple[int, int, int, int]
+    grid: tuple[int, ...]
 
 
 class ImageProcessor:
@@ -203,6 +207,12 @@ class ImageProcessor:
         base = ops.resize(pixels, (side, side))
         return [base] + [ops.crop(padded, r * t, c * t, t, t) for r in range(rows) for c in range(cols)], (rows, cols)
 
+    @property
+    def size_sets_tokens(self) -> bool:
+        """Whether an image's token count depends on its size (tiled images): then a blank image stands in at
+        the size of the image it replaces, and length estimates read each image's size."""
+        return self.tiling is not None
+
     def blank(self, size: tuple[int, int] | None = None) -> ProcessedImage:
         """A blank image (the mean colour, all zeros after normalisation) for the blind baseline; tiled as
         an image of `size` (height, width) would be, so that it takes as many tokens."""
@@ -213,9 +223,54 @@ class ImageProcessor:
         return self(Image.new("RGB", (size[1], size[0]), fill))
 
 
+class NativeImageProcessor:
+    """Turns an image into a native-resolution encoder's patches at the image's own shape, within the encoder's
+    token budget (`PatchRecipe`, carried out by `vlmlab.data.native_resolution`): [n, patch_dim] and the grid row
+    (frames, patch rows, patch columns)."""
+
+    mode = "native"
+    tiling = None
+    size_sets_tokens = True  # as `ImageProcessor.size_sets_tokens`
+
+    def __init__(self, recipe: PatchRecipe) -> None:
+        self.recipe = recipe
+
+    def grid(self, size: tuple[int, int]) -> tuple[int, int, int]:
+        """The grid row of an image of `size` (height, width), without reading its pixels."""
+        return self.recipe.grid(*size)
+
+    def __call__(self, image: Image.Image) -> ProcessedImage:
+        patches = image_patches(image, self.recipe)
+        return ProcessedImage(patches.patches, patches.grid)
+
+    def blank(self, size: tuple[int, int] | None = None) -> ProcessedImage:
+        """Zeros (the mean colour after normalisation) in the patches of an image of `size` (None: the budget's
+        largest square)."""
+        if size is None:
+            side = self.recipe.patch_size * self.recipe.merge_size
+            size = (side * 1000, side * 1000)  # resized down to the budget
+        grid = self.grid(size)
+        return ProcessedImage(torch.zeros(grid[0] * grid[1] * grid[2], self.recipe.patch_dim), grid)
+
+
 def image_processor_for(
     preprocessing: ImagePreprocessing, mode: ResizeMode, anyres: Mapping[str, Any] | None = None
 ) -> ImageProcessor:
     """The processor of a `data` config's `image_resize` and `anyres` options (grid_pinpoints, max_tiles)."""
     tiling = tiling_from_options(anyres, preprocessing.height) if mode == "anyres" else None
     return ImageProcessor(preprocessing, mode, tiling)
+
+
+def encoder_image_processor(
+    encoder: VisionEncoder | NativeResolutionEncoder, mode: ResizeMode, anyres: Mapping[str, Any] | None = None
+) -> ImageProcessor | NativeImageProcessor:
+    """The processor of `encoder`'s images: a native-resolution encoder's own (each image at its shape; `mode`
+    must not ask for tiles), else `image_processor_for` its recipe and the `data` options."""
+    if isinstance(encoder, NativeResolutionEncoder):
+        if mode == "anyres":
+            raise ValueError(
+                "data.image_resize=anyres cuts images into tiles; a native-resolution encoder takes each image whole "
+                "at its own shape: leave data.image_resize at its default"
+            )
+        return NativeImageProcessor(encoder.recipe)
+    return image_processor_for(encoder.preprocessing, mode, anyres)

@@ -13,7 +13,7 @@ from transformers import TextStreamer
 
 from vlmlab.data.chat_format import ChatFormatter
 from vlmlab.data.conversation_dataset import collate
-from vlmlab.data.image_processing import ProcessedImage, ResizeMode, image_processor_for, read_image
+from vlmlab.data.image_processing import ProcessedImage, ResizeMode, encoder_image_processor, read_image
 from vlmlab.models.vlm import VisionLanguageModel
 
 
@@ -56,7 +56,7 @@ class Assistant:
         self.image_token = model.llm.image_token
         max_length = int(getattr(model.llm.model.config, "max_position_embeddings", 0) or 1_000_000)
         self.formatter = ChatFormatter(self.tokenizer, self.image_token, model.num_image_tokens, max_length)
-        self.images = image_processor_for(model.encoder.preprocessing, image_resize, anyres)
+        self.images = encoder_image_processor(model.encoder, image_resize, anyres)
         self.layout = model.image_layout
         self.system = system
 

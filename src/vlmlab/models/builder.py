@@ -12,18 +12,25 @@ from omegaconf import DictConfig
 from vlmlab.models.component_check import check_model_components
 from vlmlab.models.connectors.base import Connector
 from vlmlab.models.encoders.base import VisionEncoder
+from vlmlab.models.encoders.native_resolution import NativeResolutionEncoder
 from vlmlab.models.llms.language_model import LanguageModel
 from vlmlab.models.vlm import VisionLanguageModel
 
 log = logging.getLogger(__name__)
 
 
-def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, llm: LanguageModel) -> Connector:
-    """Call a connector class (or partial) with the encoder's and LLM's dims, checking the contract."""
+def build_connector(
+    factory: Callable[..., Connector], encoder: VisionEncoder | NativeResolutionEncoder, llm: LanguageModel
+) -> Connector:
+    """Call a connector class (or partial) with the encoder's and LLM's dims, checking the contract. A
+    native-resolution encoder's images give any number of tokens: its connector must map each token alone
+    (`num_in_tokens` is then the most an image gives)."""
     target = getattr(factory, "func", factory)
     name = f"{target.__module__}.{target.__qualname__}" if hasattr(target, "__qualname__") else str(target)
+    native = isinstance(encoder, NativeResolutionEncoder)
+    tokens = encoder.max_tokens if native else encoder.num_patches
     try:
-        connector = factory(in_dim=encoder.output_dim, out_dim=llm.hidden_size, num_in_tokens=encoder.num_patches)
+        connector = factory(in_dim=encoder.output_dim, out_dim=llm.hidden_size, num_in_tokens=tokens)
     except TypeError as err:
         raise TypeError(
             f"connector {name} could not be built with in_dim, out_dim and num_in_tokens ({err}); a connector's "
@@ -31,6 +38,13 @@ def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, l
         ) from err
     if not isinstance(connector, Connector):
         raise TypeError(f"connector {name} must subclass vlmlab.models.connectors.Connector")
+    if native:
+        if not maps_each_token_alone(connector):
+            raise ValueError(
+                f"connector {name} does not map each token alone, which a native-resolution encoder needs (its "
+                "images give different numbers of tokens); use model/connector=linear or mlp2x_gelu"
+            )
+        return connector
     unused = unused_patches(connector)
     if unused:
         log.warning(
@@ -43,6 +57,27 @@ def build_connector(factory: Callable[..., Connector], encoder: VisionEncoder, l
             connector.num_in_tokens,
         )
     return connector
+
+
+def maps_each_token_alone(connector: Connector) -> bool:
+    """Whether the connector takes any number of tokens and each output token depends on its own input token
+    only: on random features of 3 and 5 tokens it gives as many, and the 3 are the first 3 of the 5."""
+    if any(p.is_meta for p in connector.parameters()):
+        return True  # checked when built with weights
+    generator = torch.Generator().manual_seed(0)
+    parameter = next(connector.parameters(), None)
+    dtype = torch.float32 if parameter is None else parameter.dtype
+    features = torch.randn(1, 5, connector.in_dim, generator=generator, dtype=dtype)
+    was_training = connector.training
+    connector.eval()
+    try:
+        with torch.no_grad():
+            five, three = connector(features), connector(features[:, :3])
+    except (RuntimeError, ValueError):  # a connector of a fixed grid or token count
+        return False
+    finally:
+        connector.train(was_training)
+    return five.shape[1] == 5 and three.shape[1] == 3 and torch.allclose(five[:, :3], three, atol=1e-6)
 
 
 def unused_patches(connector: Connector) -> list[int]:
@@ -83,12 +118,22 @@ def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:
     log.info("connector: %s", model_cfg.connector._target_)
     connector = build_connector(instantiate(model_cfg.connector, _partial_=True), encoder, llm)
     if model_cfg.get("image_newline", False):
+        if isinstance(encoder, NativeResolutionEncoder):
+            raise ValueError("model.image_newline ends the rows of tiled images; a native-resolution encoder has none")
         connector.add_image_newline()
-    log.info(
-        "vision features %d x %d -> %d image tokens x %d",
-        encoder.num_patches,
-        encoder.output_dim,
-        connector.num_out_tokens,
-        llm.hidden_size,
-    )
+    if isinstance(encoder, NativeResolutionEncoder):
+        log.info(
+            "vision features: each image at its own shape, up to %d tokens x %d -> image tokens x %d",
+            encoder.max_tokens,
+            encoder.output_dim,
+            llm.hidden_size,
+        )
+    else:
+        log.info(
+            "vision features %d x %d -> %d image tokens x %d",
+            encoder.num_patches,
+            encoder.output_dim,
+            connector.num_out_tokens,
+            llm.hidden_size,
+        )
     return VisionLanguageModel(encoder, connector, llm)

@@ -10,7 +10,8 @@ token when the model has one. An untiled image is its tile's tokens (then one `i
 LLaVA-NeXT does for an image of one tile).
 
 `ImageTokenLayout.count` is the one formula the data pipeline (expanding `<image>`) and the merge share;
-`tile_count` the one for tiles per image.
+`tile_count` the one for tiles per image. Images of a native-resolution encoder are not tiles: their grid rows and
+token counts are `NativeTokenLayout`'s.
 """
 
 from __future__ import annotations
@@ -60,6 +61,22 @@ class ImageTokenLayout:
         side = tokens_side(self.tokens_per_tile)
         map_rows, map_cols = unpadded_size(rows * side, cols * side, height, width)
         return self.tokens_per_tile + map_rows * (map_cols + int(self.newline))
+
+
+@dataclass(frozen=True)
+class NativeTokenLayout:
+    """A native-resolution encoder's side (`vlmlab.models.encoders.native_resolution`): an image's grid row is
+    (frames, patch rows, patch columns), every `patches_per_token` patches give one token (Qwen2-VL's 2 x 2
+    merger: 4), at most `max_tokens` per image (its budget: the count for length estimates before an image's size
+    is known)."""
+
+    patches_per_token: int
+    max_tokens: int
+
+    def count(self, grid: Sequence[int] | torch.Tensor) -> int:
+        """Image tokens of one image with grid row (frames, rows, cols)."""
+        frames, rows, cols = (int(v) for v in grid)
+        return frames * rows * cols // self.patches_per_token
 
 
 def tile_count(grid: Sequence[int] | torch.Tensor) -> int:

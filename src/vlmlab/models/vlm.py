@@ -11,7 +11,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from vlmlab.models.batch import Batch
 from vlmlab.models.connectors.base import Connector
 from vlmlab.models.encoders.base import VisionEncoder
-from vlmlab.models.image_layout import ImageTokenLayout, arrange_image_tokens
+from vlmlab.models.encoders.native_resolution import NativeResolutionEncoder
+from vlmlab.models.image_layout import ImageTokenLayout, NativeTokenLayout, arrange_image_tokens
 from vlmlab.models.llms.language_model import LanguageModel
 
 
@@ -23,10 +24,14 @@ class VisionLanguageModel(nn.Module):
     k-th run of placeholders in row-major order. `pixel_values` holds the tiles of all images of the
     batch in that order ([num_tiles, C, H, W]; one tile per image unless tiled) and `image_grids` says
     which tiles form which image and how (`vlmlab.models.image_layout`; None: one tile each); text-only
-    rows contribute none. The encoder runs on all tiles of the batch at once.
+    rows contribute none. The encoder runs on all tiles of the batch at once. With a native-resolution encoder,
+    `pixel_values` are the packed patches of every image ([sum of patches, patch_dim]) and `image_grids` their
+    (frames, rows, columns): the encoder runs on them as one sequence and the connector on each token.
     """
 
-    def __init__(self, encoder: VisionEncoder, connector: Connector, llm: LanguageModel) -> None:
+    def __init__(
+        self, encoder: VisionEncoder | NativeResolutionEncoder, connector: Connector, llm: LanguageModel
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.connector = connector
@@ -39,19 +44,31 @@ class VisionLanguageModel(nn.Module):
         return getattr(self.connector, "image_newline", None)
 
     @property
-    def image_layout(self) -> ImageTokenLayout:
+    def native_resolution(self) -> bool:
+        """Whether the encoder takes each image at its own shape (packed patches and their grids)."""
+        return isinstance(self.encoder, NativeResolutionEncoder)
+
+    @property
+    def image_layout(self) -> ImageTokenLayout | NativeTokenLayout:
+        if isinstance(self.encoder, NativeResolutionEncoder):
+            return NativeTokenLayout(self.encoder.patches_per_token, self.encoder.max_tokens)
         return ImageTokenLayout(self.connector.num_out_tokens, self.image_newline is not None)
 
     @property
     def num_image_tokens(self) -> int:
-        """Tokens of an untiled image."""
-        return self.image_layout.count((0, 0, 0, 0))
+        """Tokens of an untiled image (a native-resolution encoder's: the most an image takes)."""
+        layout = self.image_layout
+        return layout.max_tokens if isinstance(layout, NativeTokenLayout) else layout.count((0, 0, 0, 0))
 
     @property
     def image_token_id(self) -> int:
         return self.llm.image_token_id
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, pixel_values: torch.Tensor, image_grids: torch.Tensor | None = None) -> torch.Tensor:
+        """Image tokens: (num_tiles, M, d_llm); a native-resolution encoder's, of the packed patches
+        `pixel_values` and their `image_grids`: (1, sum of tokens, d_llm)."""
+        if isinstance(self.encoder, NativeResolutionEncoder):
+            return self.connector(self.encoder(pixel_values, image_grids)[None])
         features = self.encoder(pixel_values)  # (num_tiles, N, d_vis)
         return self.connector(features)  # (num_tiles, M, d_llm)
 
@@ -75,6 +92,10 @@ class VisionLanguageModel(nn.Module):
         layout = self.image_layout
         if image_grids is not None and num_tiles:
             expected = sum(layout.count(grid) for grid in image_grids.tolist())
+        elif not num_tiles:
+            expected = 0
+        elif isinstance(layout, NativeTokenLayout):
+            raise ValueError("a native-resolution encoder's patches come with their image_grids; the batch has none")
         else:
             expected = num_tiles * layout.count((0, 0, 0, 0))
         if num_placeholders != expected:
@@ -88,8 +109,11 @@ class VisionLanguageModel(nn.Module):
         if image_features is not None:
             tile_tokens = self.connector(image_features.to(embeds.dtype))  # (num_tiles, M, d_llm)
         else:
-            tile_tokens = self.encode_images(pixel_values).to(embeds.dtype)  # (num_tiles, M, d_llm)
-        image_embeds = arrange_image_tokens(tile_tokens, image_grids, self.image_newline)
+            tile_tokens = self.encode_images(pixel_values, image_grids).to(embeds.dtype)  # (num_tiles, M, d_llm)
+        if self.native_resolution:  # already every image's tokens in order
+            image_embeds = tile_tokens.flatten(0, 1)
+        else:
+            image_embeds = arrange_image_tokens(tile_tokens, image_grids, self.image_newline)
         return embeds.masked_scatter(is_image_token.unsqueeze(-1), image_embeds.to(embeds.dtype))
 
     def forward(

@@ -5,7 +5,9 @@ Model FLOPs as in PaLM's MFU: the work the model needs, not what the hardware ra
 
 - encoder: forward FLOPs per image, counted once by `FlopCounterMode` when the encoder probes its
   shapes (`VisionEncoder.flops_per_image`); the count of tiles (one per image unless tiled) comes from the batch;
-- connector: forward FLOPs per image, counted the same way when the estimate is built;
+  a native-resolution encoder's from each image's patches n, a x n + b x n^2 (`NativeResolutionEncoder.flops`);
+- connector: forward FLOPs per image (a native-resolution encoder's: per token), counted the same way when the
+  estimate is built;
 - LLM: 2 x (decoder matmul weights) per real token, 2 x d x V per token that reaches `lm_head` (every
   token with `loss: full`, answer targets only with `loss: chunked`), and attention's two T x T
   products, 4 x layers x heads x head_dim x T^2 per row (T = the row's real tokens; packed rows are
@@ -28,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from vlmlab.models.batch import Batch
+from vlmlab.models.encoders.native_resolution import NativeResolutionEncoder, PatchFlops
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.stage import PARTS, StageSpec
 
@@ -47,12 +50,14 @@ class FlopsEstimate:
     """Per-part constants of the model, so that each batch's estimate is a few integer operations."""
 
     passes: dict[str, int]
-    encoder_per_image: int
-    connector_per_image: int
+    encoder_per_image: int  # a native-resolution encoder's: 0, its FLOPs come from `native`
+    connector_per_image: int  # a native-resolution encoder's: per token
     llm_linear: int  # decoder matmul weights (LoRA adapters included), lm_head excluded
     lm_head: int  # d x V
     attention_width: int  # layers x heads x head_dim
     chunked_loss: bool
+    native_encoder: PatchFlops | None = None  # a native-resolution encoder's FLOPs of a batch's grids
+    patches_per_token: int = 1  # ... and its patches per token
 
     @classmethod
     def of(cls, model: VisionLanguageModel, stage: StageSpec) -> FlopsEstimate:
@@ -62,9 +67,10 @@ class FlopsEstimate:
         config = model.llm.model.config
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         param = next(model.connector.parameters(), None)
+        native = model.encoder if isinstance(model.encoder, NativeResolutionEncoder) else None
         features = torch.zeros(
             1,
-            model.encoder.num_patches,
+            1 if native is not None else model.encoder.num_patches,
             model.encoder.output_dim,
             dtype=param.dtype if param is not None else torch.float32,
             device=param.device if param is not None else None,
@@ -76,12 +82,14 @@ class FlopsEstimate:
             model.connector(features)
         return cls(
             passes=_passes(stage),
-            encoder_per_image=model.encoder.flops_per_image,
+            encoder_per_image=0 if native is not None else model.encoder.flops_per_image,
             connector_per_image=int(counter.get_total_flops()),
             llm_linear=linear,
             lm_head=head.weight.numel(),
             attention_width=config.num_hidden_layers * config.num_attention_heads * head_dim,
             chunked_loss=stage.loss == "chunked",
+            native_encoder=None if native is None else native.flops,
+            patches_per_token=1 if native is None else native.patches_per_token,
         )
 
     def __call__(self, batch: Batch) -> int:
@@ -97,8 +105,9 @@ class FlopsEstimate:
         pixels = batch.get("pixel_values")
         num_tiles = len(features if features is not None else pixels if pixels is not None else ())
         encoder = 0 if features is not None else num_tiles * self.encoder_per_image  # cached features: no encoder
-        return (
-            self.passes["encoder"] * encoder
-            + self.passes["connector"] * num_tiles * self.connector_per_image
-            + self.passes["llm"] * llm
-        )
+        connector = num_tiles * self.connector_per_image
+        grids = batch.get("image_grids")
+        if self.native_encoder is not None and pixels is not None and grids is not None:
+            encoder = self.native_encoder(grids)
+            connector = int(grids.prod(-1).sum()) // self.patches_per_token * self.connector_per_image
+        return self.passes["encoder"] * encoder + self.passes["connector"] * connector + self.passes["llm"] * llm

@@ -14,11 +14,14 @@ it), so an image's features do not depend on what it is packed with, and no padd
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig, AutoImageProcessor, Siglip2VisionConfig, Siglip2VisionModel
 from transformers.image_utils import PILImageResampling
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
@@ -32,15 +35,55 @@ from vlmlab.models.encoders.patch_recipe import PatchRecipe
 QWEN2_VL_PREFIXES = ("model.visual.", "visual.")  # transformers >= 4.52 saves the first, the published files the second
 
 
+@dataclass(frozen=True)
+class PatchFlops:
+    """Forward FLOPs of a native-resolution tower on packed images: `per_patch` x n + `per_pair` x n^2 for each image
+    of n patches (linear layers, embeddings and merger grow with n; the attention products with n^2)."""
+
+    per_patch: int
+    per_pair: int
+
+    def __call__(self, grids: torch.Tensor) -> int:
+        patches = grids.prod(-1)
+        return int(self.per_patch * patches.sum() + self.per_pair * (patches**2).sum())
+
+
 class NativeResolutionEncoder(nn.Module):
-    """Packed patches of images at their own shapes -> packed features (see the module docstring)."""
+    """Packed patches of images at their own shapes -> packed features (see the module docstring).
+
+    Subclasses build `model`, set `recipe`, `output_dim` and `patches_per_token` (patches per output token: 4 for a
+    2 x 2 merger, else 1), implement `forward`, and call `_probe_flops()` at the end of `__init__`."""
 
     recipe: PatchRecipe
     output_dim: int
+    patches_per_token: int
+    flops: PatchFlops  # forward FLOPs of the images of a batch's grids, packed
+
+    @property
+    def max_tokens(self) -> int:
+        """The most tokens an image gives under the recipe's budget."""
+        r = self.recipe
+        patches = r.max_num_patches if r.layout == "siglip2" else r.max_pixels // r.patch_size**2
+        return patches // self.patches_per_token
 
     def tokens(self, grids: torch.Tensor) -> torch.Tensor:
-        """Tokens per image of grids [num_images, 3] (after merging)."""
-        return grids.prod(-1) // self.recipe.merge_size**2
+        """Output tokens per image of grids [num_images, 3]."""
+        return grids.prod(-1) // self.patches_per_token
+
+    def _probe_flops(self) -> None:
+        """`flops` from `FlopCounterMode` on blank images of 2 x 2 and 4 x 4 merged blocks: two sizes give its two
+        constants."""
+        side = self.recipe.merge_size
+        patch_dim = self.recipe.patch_dim
+        counts = []
+        for blocks in (2, 4):
+            grid = torch.tensor([[1, blocks * side, blocks * side]])
+            with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+                self.forward(torch.zeros(int(grid.prod()), patch_dim), grid)
+            counts.append((int(grid.prod()), int(counter.get_total_flops())))
+        (n1, f1), (n2, f2) = counts
+        per_pair = (f2 * n1 - f1 * n2) // (n1 * n2 * (n2 - n1))
+        self.flops = PatchFlops(per_patch=(f1 - per_pair * n1 * n1) // n1, per_pair=per_pair)
 
     def block_classes(self) -> set[type[nn.Module]]:
         return repeated_block_classes(self.model)
@@ -160,10 +203,8 @@ class Qwen2VLVisionEncoder(NativeResolutionEncoder):
             "qwen2_vl", vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size, **fields
         )
         self.output_dim = vision.hidden_size if output == "merged" else vision.embed_dim
-
-    def tokens(self, grids: torch.Tensor) -> torch.Tensor:
-        merge = self.recipe.merge_size**2 if self.output == "merged" else 1
-        return grids.prod(-1) // merge
+        self.patches_per_token = vision.spatial_merge_size**2 if output == "merged" else 1
+        self._probe_flops()
 
     def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         out = self.model(patches, grid_thw=grids)
@@ -216,6 +257,8 @@ class Siglip2NaFlexEncoder(NativeResolutionEncoder):
         fields.update({"interpolation": interpolation} if interpolation else {})
         self.recipe = PatchRecipe("siglip2", vision.patch_size, 1, 1, max_num_patches=max_tokens or budget, **fields)
         self.output_dim = vision.hidden_size
+        self.patches_per_token = 1
+        self._probe_flops()
 
     def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         embeddings = self.model.embeddings
@@ -224,8 +267,11 @@ class Siglip2NaFlexEncoder(NativeResolutionEncoder):
         table = embeddings.position_embedding.weight.reshape(side, side, -1)
         shapes = grids[:, 1:]
         lengths = shapes.prod(-1).tolist()
-        resized = embeddings.resize_positional_embeddings(table, shapes, max_length=max(lengths))
-        hidden = hidden + torch.cat([positions[:length] for positions, length in zip(resized, lengths)])
+        positions = [  # each image's own (none padded to the longest)
+            embeddings.resize_positional_embeddings(table, shape[None], max_length=length)[0]
+            for shape, length in zip(shapes, lengths)
+        ]
+        hidden = hidden + torch.cat(positions)
         for layer in self.model.encoder.layers[: self.feature_layer]:
             hidden = encoder_layer(layer, hidden, lengths)
         if self.feature_layer == len(self.model.encoder.layers):
