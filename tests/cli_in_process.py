@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
@@ -75,6 +76,21 @@ def run_in_process(
     code, _ = run_main(main, Path(command[0]).name, command[1:], cwd, monkeypatch)
     out = capsys.readouterr()
     return subprocess.CompletedProcess(command, code, out.out, out.err)
+
+
+def run_alone(main: Callable[[], object], command: list[str], cwd: Path) -> int:
+    """`command` (`[<vlmlab-* script>, args...]`) run in this process as `run_main` runs it, outside a test (in a
+    module-scoped fixture: its own monkeypatch, the output left to pytest's capture) and with one torch thread, as
+    a process started with OMP_NUM_THREADS=1 computes; its exit code. For the single-process reference of runs that
+    are compared with it in processes of their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            code, _ = run_main(main, Path(command[0]).name, command[1:], cwd, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    return code
 
 
 InProcess = Callable[[Callable[[], object], list[str], Path], subprocess.CompletedProcess]

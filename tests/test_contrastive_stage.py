@@ -14,7 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.cli_in_process import BIN
+from tests.cli_in_process import BIN, run_alone
+from vlmlab.cli.train import main as train_main
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES
 
@@ -102,7 +103,8 @@ def test_two_processes_follow_one_process(workdir: Path) -> None:
             f"curriculum.stages.{stage}.max_steps={STEPS // 4}",
             f"curriculum.stages.{stage}.val_check_interval={STEPS // 2}",
         ]
-    train(workdir, "one", *steps)
+    one = [str(BIN / "vlmlab-train"), *CONTRASTIVE, f"data.root={workdir / 'data'}", "hydra.run.dir=one"]
+    assert run_alone(train_main, [*one, "run_name=one", *steps], workdir) == 0  # the reference, in this process
     two = [*steps, "trainer.devices=2", *(f"curriculum.stages.{stage}.micro_batch_size=8" for stage in stages)]
     for strategy in ("ddp", "fsdp2"):
         train(workdir, strategy, *two, f"strategy={strategy}")

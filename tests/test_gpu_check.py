@@ -64,6 +64,7 @@ def test_dry_run_runs_every_section_on_the_cpu(tmp_path: Path) -> None:
     assert resume["killed_returncode"] == -9 and resume["resumed_returncode"] == 0
     assert resume["weights"]["tensors_trained"] > 0 and resume["weights"]["max_abs_diff"] <= 1e-6
     assert report["packing"]["sdpa_varlen"]["tokens_per_s_packed_over_padded"] > 0
+    assert report["packing"]["native_resolution"]["ok"] and runs["native_packed"]["strategy"] == "fsdp2"
     assert "skipped" in report["packing"]["flash_attention_2"]
     assert report["compile"]["speedup"] > 0
     assert (out / "gpu_check.md").read_text().startswith("# vlmlab GPU check: passed")

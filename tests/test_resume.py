@@ -20,7 +20,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.cli_in_process import BIN, InProcess, with_tests_importable
+from tests.cli_in_process import BIN, InProcess, run_alone, with_tests_importable
 from vlmlab.cli.train import main as train_main
 from vlmlab.testing import TINY_OVERRIDES, run_command
 
@@ -94,10 +94,10 @@ def assert_same_training(workdir: Path, name: str, reference: str, weights_atol:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
-    """The uninterrupted run every resumed one is compared with (loader workers do not change the samples)."""
+    """The uninterrupted run every resumed one is compared with (loader workers do not change the samples), in this
+    process: the runs compared with it are processes of their own."""
     path = tmp_path_factory.mktemp("resume")
-    straight = run(train_command(synth_root, "straight", "run_name=straight"), path)
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert run_alone(train_main, train_command(synth_root, "straight", "run_name=straight"), path) == 0
     return path
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.cli_in_process import InProcess
+from tests.cli_in_process import InProcess, run_alone
 from tests.test_resume import BIN, run
 from vlmlab.cli.data import main as data_main
+from vlmlab.cli.train import main as train_main
 from vlmlab.testing import TINY_OVERRIDES
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: started first (tests/conftest.py)
@@ -48,7 +49,8 @@ def shards(tmp_path_factory: pytest.TempPathFactory, synth_root: Path) -> Path:
     return workdir / "shards"
 
 
-def train(synth_root: Path, shards: Path, name: str, *extra: str) -> None:
+def train(synth_root: Path, shards: Path, name: str, *extra: str, here: bool = False) -> None:
+    """`vlmlab-train` on the shards, as a process (in this process with `here`: a reference run)."""
     command = [
         str(BIN / "vlmlab-train"),
         *TINY_OVERRIDES,
@@ -67,6 +69,9 @@ def train(synth_root: Path, shards: Path, name: str, *extra: str) -> None:
         f"+callbacks.record_ids.out=outputs/{name}/ids",
         *extra,
     ]
+    if here:
+        assert run_alone(train_main, command, shards.parent) == 0
+        return
     done = run(command, shards.parent)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -99,7 +104,7 @@ def test_optimize_again_writes_nothing(shards: Path, synth_root: Path, in_proces
 
 
 def test_sigkill_then_resume_from_shards_with_loader_workers(shards: Path, synth_root: Path) -> None:
-    train(synth_root, shards, "straight", "data.num_workers=0")
+    train(synth_root, shards, "straight", "data.num_workers=0", here=True)
     kill_and_resume(synth_root, shards, "killed", "data.num_workers=2")
     assert_same_weights(shards.parent, "killed", "straight")
     trained = [b for b in batches(shards.parent, "straight", 0)]

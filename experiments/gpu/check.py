@@ -56,6 +56,7 @@ class Size:
     align_lr: float  # the connector's learning rate in align, and ...
     lr: float  # ... connector's and LLM's in instruct: high enough for the loss to fall within `steps`
     resume_reserve_s: float  # seconds the sweep leaves for the kill and resume runs
+    native_encoder: dict[str, Any]  # the native-resolution case's changes to model/encoder=tiny_qwen2_vl
 
 
 GPU = Size(
@@ -73,6 +74,11 @@ GPU = Size(
     align_lr=1e-3,  # LLaVA-1.5's
     lr=1e-4,
     resume_reserve_s=120,
+    # Qwen2-VL-2B's tower (675 M) with random weights, at most 256 tokens an image (the 384 px images: 196)
+    native_encoder={
+        "config": {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4},
+        "max_tokens": 256,
+    },
 )
 # The tests' tiny model and data (vlmlab.testing.TINY_OVERRIDES): a one-layer, 32-wide LLM and 48 px images.
 CPU = Size(
@@ -85,6 +91,7 @@ CPU = Size(
     align_lr=1e-2,
     lr=1e-3,
     resume_reserve_s=60,
+    native_encoder={},  # the preset's tiny tower
 )
 DRY_RUN_SUBSTITUTIONS = [
     "size: the tests' tiny model and 48 px data (vlmlab.testing.TINY_OVERRIDES) instead of "
@@ -106,9 +113,10 @@ class Case:
     what: str  # one line for the summary
     both_stages: bool = False  # the whole curriculum; else the instruct stage from the reference's align weights
     config: dict[str, Any] = field(default_factory=dict)
+    encoder: str | None = None  # a model/encoder preset in place of the size's
 
 
-def cases(flash: bool) -> dict[str, Case]:
+def cases(flash: bool, size: Size) -> dict[str, Case]:
     """The sweep's cases, in the order they run: what matters most first, torch.compile (the slowest) last.
     The instruct-only ones write no checkpoint and skip validation: their figures are from training."""
     quick = {"callbacks": {"checkpoint": None}, "trainer": {"limit_val_batches": 0}}
@@ -122,6 +130,13 @@ def cases(flash: bool) -> dict[str, Case]:
         "packed_sdpa_varlen": Case("fsdp2", "instruct, packed, sdpa_varlen", config=packed(quick, "sdpa_varlen")),
         "packed_flash_attention_2": Case(
             "fsdp2", "instruct, packed, flash_attention_2", config=packed(quick, "flash_attention_2")
+        ),
+        "native_packed": Case(
+            "fsdp2",
+            "curriculum, a native-resolution tower (Qwen2-VL's, random weights), packed, sdpa_varlen",
+            True,
+            merged(packed(quick, "sdpa_varlen"), {"model": {"encoder": size.native_encoder}}),
+            encoder="tiny_qwen2_vl",
         ),
         "compiled": Case("fsdp2", "instruct, torch.compile", config=merged(quick, instruct(compile=True))),
     }
@@ -208,6 +223,8 @@ class Check:
             config = merged(config, {"curriculum": {"start_stage": "instruct"}, "init_from": str(self.reference_align)})
         config = merged(config, extra or {})
         header = f"# @package _global_\n# {case.what}\ndefaults:\n  - override /strategy: {self.strategy(case)}\n"
+        if case.encoder is not None:
+            header += f"  - override /model/encoder: {case.encoder}\n"
         (self.configs / f"{name}.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
 
     def strategy(self, case: Case) -> str:
@@ -330,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     check = Check(work, args.dry_run, started + args.budget)
     peak, source, matmul = peak_flops(args.dry_run)  # before the runs, on an idle device
-    plan = cases(flash=not args.dry_run and importlib.util.find_spec("flash_attn") is not None)
+    plan = cases(not args.dry_run and importlib.util.find_spec("flash_attn") is not None, check.size)
     check.sweep(plan)
     outcome = check.kill_and_resume()
     result: dict[str, Any] = {

@@ -291,6 +291,13 @@ def sections(
             "first_step_loss_diff_vs_padded": first_loss_diff(name),
             "ok": runs[name]["status"] == "done" and measured(packed),
         }
+    if "native_packed" in runs:  # a native-resolution tower, packed (the whole curriculum: its own first loss)
+        native = instruct_of("native_packed")
+        packing["native_resolution"] = {
+            **native,
+            "status": runs["native_packed"]["status"],
+            "ok": runs["native_packed"]["status"] == "done" and measured(native),
+        }
     packing["ok"] = all(v["ok"] for k, v in packing.items() if k != "padded" and "skipped" not in v)
 
     compiled = instruct_of("compiled")
@@ -363,7 +370,9 @@ def summary(result: dict[str, Any]) -> str:
         f"{fmt(weights.get('max_abs_diff'))}, relative L2 {fmt(weights.get('relative_l2_diff'))}, bitwise equal "
         f"{weights.get('bitwise_equal', '–')}; loss curves max Δ {fmt(resume.get('loss_max_abs_diff'))} |",
         f"| packing | {checks['packing']} | effective tokens/s packed / padded: sdpa_varlen {speed['sdpa_varlen']}, "
-        f"flash_attention_2 {speed['flash_attention_2']} {packing['flash_attention_2'].get('skipped', '')} |",
+        f"flash_attention_2 {speed['flash_attention_2']} {packing['flash_attention_2'].get('skipped', '')}; "
+        f"native-resolution tower packed: {fmt(packing.get('native_resolution', {}).get('tokens_per_s'), '.0f')} "
+        "tokens/s |",
         f"| torch.compile | {checks['compile']} | step time off / on after warm-up: "
         f"{fmt(result['compile']['speedup'])} |",
         f"| installs | {checks['installs']} | {installs} |",
