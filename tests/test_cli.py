@@ -86,8 +86,10 @@ def test_train_cli_runs_the_curriculum(tmp_path: Path, synth_root: Path, in_proc
     assert "Use the model/* choices and overrides of the run that wrote it" in wrong.stderr
 
 
-def test_data_cli_writes_the_synthetic_dataset(tmp_path: Path) -> None:
-    result = run_command(
+def test_data_cli_writes_the_synthetic_dataset(tmp_path: Path, in_process: InProcess) -> None:
+    """In this process (vlmlab-data's process: the check below)."""
+    result = in_process(
+        data_main,
         [
             str(BIN / "vlmlab-data"),
             "synth",
@@ -102,7 +104,7 @@ def test_data_cli_writes_the_synthetic_dataset(tmp_path: Path) -> None:
             "--num-test",
             "2",
         ],
-        cwd=tmp_path,
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert len(json.loads((tmp_path / "synth" / "doc" / "train.json").read_text())) == 4

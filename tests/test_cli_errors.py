@@ -155,8 +155,9 @@ def test_models_from_the_hub_fail_within_seconds_offline(
 def test_eval_names_a_missing_checkpoint_and_missing_data(
     tmp_path: Path, synth_root: Path, in_process: InProcess
 ) -> None:
+    """In this process (vlmlab-eval's process runs in tests/test_cli.py)."""
     evaluate = [str(BIN / "vlmlab-eval"), "data=synthetic", f"data.root={synth_root}"]
-    result = run_command([*evaluate, "checkpoint=outputs/nowhere/stages/instruct"], tmp_path)
+    result = in_process(eval_main, [*evaluate, "checkpoint=outputs/nowhere/stages/instruct"], tmp_path)
     assert_usage_error(result, "vlmlab-eval", "checkpoint=outputs/nowhere/stages/instruct: no such file or folder")
     missing_data = [*evaluate, "checkpoint=.", "data=docvqa", f"data.root={tmp_path}"]  # in this process
     result = in_process(eval_main, missing_data, tmp_path)

@@ -20,8 +20,9 @@ from transformers import (
     LlavaNextProcessor,
 )
 
-from tests.cli_in_process import BIN
+from tests.cli_in_process import BIN, InProcess
 from tests.tiny_models import tiny_llama_config, tiny_vlm
+from vlmlab.cli.export import main as export_main
 from vlmlab.data.conversation_dataset import collate
 from vlmlab.inference.answer import Assistant
 from vlmlab.inference.loading import load_model
@@ -136,12 +137,11 @@ def test_imported_llava_next_gives_its_logits(imported: tuple[Path, Path], tmp_p
 
 
 def test_exported_llava_next_gives_vlmlabs_logits_generations_and_prompts(
-    imported: tuple[Path, Path], tmp_path: Path
+    imported: tuple[Path, Path], tmp_path: Path, in_process: InProcess
 ) -> None:
     _, ours_folder = imported
-    result = run_command(
-        [str(BIN / "vlmlab-export"), f"checkpoint={ours_folder}", "output=next", "format=hf_llava_next"], cwd=tmp_path
-    )
+    export = [str(BIN / "vlmlab-export"), f"checkpoint={ours_folder}", "output=next", "format=hf_llava_next"]
+    result = in_process(export_main, export, tmp_path)  # its process: tests/test_export.py
     assert result.returncode == 0, result.stderr[-3000:]
     exported = LlavaNextForConditionalGeneration.from_pretrained(tmp_path / "next").eval()
     ours = load_model(ours_folder)

@@ -16,14 +16,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from tests.cli_in_process import BIN
+from tests.cli_in_process import BIN, InProcess
 from tests.mlflow_server import Server
+from vlmlab.cli.generate import main as generate_main
 from vlmlab.data.formats import read_split
 from vlmlab.errors import UsageError
 from vlmlab.inference.answer import Assistant, GenerationOptions, Request, answer_batches
 from vlmlab.inference.loading import load_model
 from vlmlab.presets import config_dir
-from vlmlab.testing import TINY_OVERRIDES, compose_train, run_command
+from vlmlab.testing import TINY_OVERRIDES, compose_train
 from vlmlab.tracking.datasets import records_digest
 from vlmlab.tracking.mlflow_runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING, check_registration
 from vlmlab.tracking.registry import PREDICT_PARAMS, using_store
@@ -109,7 +110,7 @@ def test_stage_runs_hold_their_data_and_their_registered_models(trained: DictCon
 
 
 def test_a_registered_model_answers_as_vlmlab_generate_on_its_stage_folder(
-    trained: DictConfig, mlflow_uri: str, synth_root: Path, tmp_path: Path
+    trained: DictConfig, mlflow_uri: str, synth_root: Path, tmp_path: Path, in_process: InProcess
 ) -> None:
     images = sorted((synth_root / "images" / "caption" / "test").glob("*.png"))[:2]
     prompts = ["Describe the image.", "<image> or <image>: which is brighter?", "Say something."]
@@ -127,7 +128,8 @@ def test_a_registered_model_answers_as_vlmlab_generate_on_its_stage_folder(
 
     lines = [{"image": str(images[0]), "prompt": prompts[0]}, {"image": [str(p) for p in images], "prompt": prompts[1]}]
     (tmp_path / "requests.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = run_command(
+    result = in_process(  # in this process (its process: tests/test_generate.py)
+        generate_main,
         [
             str(BIN / "vlmlab-generate"),
             f"checkpoint=models:/{MODEL}/1",
@@ -136,7 +138,7 @@ def test_a_registered_model_answers_as_vlmlab_generate_on_its_stage_folder(
             "output=answers.jsonl",
             "max_new_tokens=6",
         ],
-        cwd=tmp_path,
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(row) for row in (tmp_path / "answers.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ from torch import nn
 from tests.cli_in_process import BIN, InProcess, one_line, run_main
 from vlmlab.cli.chat import main as chat_main
 from vlmlab.cli.entry import invocation
+from vlmlab.cli.evaluate import main as eval_main
 from vlmlab.cli.export import main as export_main
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.next_steps import HEADER
@@ -110,8 +111,8 @@ def printed_next_steps(stdout: list[str]) -> dict[str, list[str]]:
 def test_a_run_prints_its_folder_and_the_next_commands_which_run_as_printed(
     demo_quick: tuple[Path, list[str]], in_process: InProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """vlmlab-eval and mlflow as processes; generate, chat and export in this process (their own processes are
-    started in tests/test_generate.py and tests/test_export.py)."""
+    """The printed commands in this process (their own processes are started in tests/test_cli.py,
+    tests/test_generate.py and tests/test_export.py), but `mlflow ui`, MLflow's."""
     workdir, stdout = demo_quick
     (started,) = [line for line in stdout if line.startswith("vlmlab-train: run folder ")]
     run_dir = workdir / started.removeprefix("vlmlab-train: run folder ")
@@ -124,7 +125,7 @@ def test_a_run_prints_its_folder_and_the_next_commands_which_run_as_printed(
 
     # vlmlab-eval with no other argument scores what the run scored, from the files the run used
     data_before = sorted(p.relative_to(workdir) for p in (workdir / "data").rglob("*"))
-    evaluated = subprocess.run(steps["vlmlab-eval"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    evaluated = in_process(eval_main, steps["vlmlab-eval"], workdir)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert sorted(p.relative_to(workdir) for p in (workdir / "data").rglob("*")) == data_before  # nothing new
     out = Path(evaluated.stdout.strip().splitlines()[-1].removeprefix("metrics and predictions in "))

@@ -52,7 +52,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from tests.cli_in_process import BIN
+from tests.cli_in_process import BIN, InProcess
+from vlmlab.cli.generate import main as generate_main
 from vlmlab.data.chat_format import IGNORE_INDEX
 from vlmlab.data.conversation_dataset import collate
 from vlmlab.data.image_processing import ImageProcessor, image_processor_for, read_image
@@ -61,7 +62,6 @@ from vlmlab.inference.loading import load_model, save_model_folder
 from vlmlab.interop.hf_llava import batch_from_processor, export_hf_llava
 from vlmlab.models.encoders import HFVisionEncoder, ImagePreprocessing, TimmVisionEncoder
 from vlmlab.models.encoders.hf_preprocessing import processor_recipe
-from vlmlab.testing import run_command
 
 README = Path(__file__).parents[1] / "docs" / "using-a-model.md"  # the manual's page that holds the snippet
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
@@ -431,7 +431,7 @@ def readme_snippet() -> str:
 
 
 def test_vlmlab_generate_answers_as_transformers_and_the_readme_snippet(
-    llava_folder: Path, pictures: dict[str, Path], tmp_path: Path
+    llava_folder: Path, pictures: dict[str, Path], tmp_path: Path, in_process: InProcess
 ) -> None:
     """`vlmlab-generate` on the llava-hf folder imported into vlmlab answers each request exactly as transformers'
     processor and `generate` do on the original; the README's snippet, run on the folder exported back from
@@ -445,7 +445,7 @@ def test_vlmlab_generate_answers_as_transformers_and_the_readme_snippet(
     requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
     command = [str(BIN / "vlmlab-generate"), f"checkpoint={imported}", f"requests={requests}",
                "output=answers.jsonl", "max_new_tokens=6", "batch_size=3"]  # fmt: skip
-    result = run_command(command, cwd=tmp_path)
+    result = in_process(generate_main, command, tmp_path)  # its process: tests/test_generate.py
     assert result.returncode == 0, result.stderr[-3000:]
     answers = [json.loads(line)["answer"] for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
 
