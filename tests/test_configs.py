@@ -82,7 +82,7 @@ def test_every_tiny_encoder_builds_into_a_model(compose_config, encoder: str) ->
     assert model.connector.in_dim == model.encoder.output_dim
     assert model.connector.out_dim == model.llm.hidden_size
     # the patches of an image (a native-resolution encoder's: the most tokens an image gives)
-    tokens = model.encoder.max_tokens if model.native_resolution else model.encoder.num_patches
+    tokens = model.encoder.token_layout.max_tokens if model.native_resolution else model.encoder.num_patches
     assert model.connector.num_in_tokens == tokens
 
 

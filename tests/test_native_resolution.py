@@ -24,6 +24,7 @@ from transformers import (
 from vlmlab.data.native_resolution import image_patches, pack_patches
 from vlmlab.models.encoders.native_resolution import Qwen2VLVisionEncoder, Siglip2NaFlexEncoder
 from vlmlab.models.encoders.patch_recipe import PatchRecipe, qwen2_vl_size, siglip2_size
+from vlmlab.models.image_layout import NativeTokenLayout
 
 SHAPES = [(30, 200), (200, 30), (64, 64), (33, 47), (120, 90)]  # height x width
 QWEN_VISION = dict(depth=2, embed_dim=32, hidden_size=48, num_heads=4, mlp_ratio=2, patch_size=14)
@@ -79,9 +80,9 @@ def siglip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("budget", [(4, 40), (16, 64), (1, 1024)])
 def test_qwen2_vl_sizes_and_patches_equal_its_processor(images: list[Image.Image], budget: tuple[int, int]) -> None:
     min_tokens, max_tokens = budget
-    recipe = PatchRecipe.from_token_budget(
-        "qwen2_vl", 14, 2, min_tokens, max_tokens, mean=(0.48145466, 0.4578275, 0.40821073),
-        std=(0.26862954, 0.26130258, 0.27577711), interpolation="bicubic",
+    recipe = PatchRecipe(  # 28 x 28 px a token
+        "qwen2_vl", 14, 2, 2, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711),
+        interpolation="bicubic", min_pixels=min_tokens * 784, max_pixels=max_tokens * 784,
     )  # fmt: skip
     processor = Qwen2VLImageProcessor(min_pixels=recipe.min_pixels, max_pixels=recipe.max_pixels)
     for image in images:
@@ -90,15 +91,14 @@ def test_qwen2_vl_sizes_and_patches_equal_its_processor(images: list[Image.Image
         assert list(expected["image_grid_thw"][0]) == list(got.grid), (image.size, budget)
         assert got.patches.shape == expected["pixel_values"].shape
         torch.testing.assert_close(got.patches, expected["pixel_values"], atol=1e-5, rtol=0)
-        assert recipe.tokens(image.height, image.width) == int(expected["image_grid_thw"][0].prod()) // 4
-        assert min_tokens <= recipe.tokens(image.height, image.width) <= max_tokens
+        tokens = NativeTokenLayout(4, max_tokens).count(recipe.grid(image.height, image.width))  # merged 2 x 2
+        assert tokens == int(expected["image_grid_thw"][0].prod()) // 4
+        assert min_tokens <= tokens <= max_tokens
 
 
 @pytest.mark.parametrize("max_patches", [16, 48, 256])
 def test_siglip2_sizes_and_patches_equal_its_processor(images: list[Image.Image], max_patches: int) -> None:
-    recipe = PatchRecipe.from_token_budget(
-        "siglip2", 8, 1, 1, max_patches, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bilinear"
-    )
+    recipe = PatchRecipe("siglip2", 8, 1, 1, (0.5,) * 3, (0.5,) * 3, "bilinear", max_num_patches=max_patches)
     processor = Siglip2ImageProcessor(patch_size=8, max_num_patches=max_patches)
     for image in images:
         expected = processor(images=[image], return_tensors="pt")
@@ -133,8 +133,8 @@ def test_qwen2_vl_tower_gives_transformers_features(qwen2_vl: Path, images: list
         got_merged, got_patches = merged(packed, grids), patches(packed, grids)
     torch.testing.assert_close(got_merged, tower.pooler_output, atol=1e-4, rtol=0)
     torch.testing.assert_close(got_patches, tower.last_hidden_state, atol=1e-4, rtol=0)
-    assert got_merged.shape == (int(merged.tokens(grids).sum()), 48) and merged.output_dim == 48
-    assert got_patches.shape == (int(patches.tokens(grids).sum()), 32) and patches.output_dim == 32
+    assert got_merged.shape == (int(merged.token_layout.counts(grids).sum()), 48) and merged.output_dim == 48
+    assert got_patches.shape == (int(patches.token_layout.counts(grids).sum()), 32) and patches.output_dim == 32
 
 
 def test_siglip2_naflex_packed_gives_transformers_padded_features(siglip2: Path, images: list[Image.Image]) -> None:
@@ -165,7 +165,7 @@ def test_a_packed_batch_gives_each_image_its_features_alone(
     each = [image_patches(image, encoder.recipe) for image in images]
     packed, grids = pack_patches(each)
     with torch.no_grad():
-        together = encoder(packed, grids).split(encoder.tokens(grids).tolist())
+        together = encoder(packed, grids).split(encoder.token_layout.counts(grids).tolist())
         for alone, one in zip(together, each):
             torch.testing.assert_close(alone, encoder(*pack_patches([one])), atol=1e-5, rtol=0)
 

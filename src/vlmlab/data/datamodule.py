@@ -36,6 +36,7 @@ from vlmlab.data.shards import ShardRecords
 from vlmlab.data.synthetic import SynthConfig, write_synthetic_dataset
 from vlmlab.errors import UsageError
 from vlmlab.models.encoders.base import VisionEncoder
+from vlmlab.models.encoders.native_resolution import NativeResolutionEncoder
 from vlmlab.models.image_layout import ImageTokenLayout, NativeTokenLayout, tokens_side
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.presets import preset_values
@@ -156,7 +157,7 @@ class VLMDataModule(L.LightningDataModule):
         batch_size: int | None = None,
         root: str | None = None,
         synthetic: dict[str, Any] | None = None,
-        encoder: VisionEncoder | None = None,
+        encoder: VisionEncoder | NativeResolutionEncoder | None = None,
         image_layout: ImageTokenLayout | NativeTokenLayout | None = None,
     ) -> None:
         super().__init__()
@@ -186,6 +187,11 @@ class VLMDataModule(L.LightningDataModule):
         self.packing = packing
         self.pack_length = pack_length
         self.feature_cache = feature_cache if feature_cache and feature_cache.get("enabled") else None
+        if self.feature_cache is not None and isinstance(encoder, NativeResolutionEncoder):
+            raise UsageError(
+                "data.feature_cache stores features of one shape per image; a native-resolution encoder's differ in "
+                "length: set data.feature_cache.enabled=false"
+            )
         self.encoder = encoder
         self._records: dict[tuple[str, str], Sequence[Record]] = {}
 
@@ -216,12 +222,6 @@ class VLMDataModule(L.LightningDataModule):
         formatter = ChatFormatter(
             model.llm.tokenizer, model.llm.image_token, model.num_image_tokens, max_length=data_cfg.max_length
         )
-        cache = data_cfg.get("feature_cache")
-        if model.native_resolution and encoder_frozen and cache and cache.get("enabled"):
-            raise UsageError(
-                "data.feature_cache stores features of one shape per image; a native-resolution encoder's differ in "
-                "length: set data.feature_cache.enabled=false"
-            )
         return cls(
             sources=OmegaConf.to_container(data_cfg.sources, resolve=True),
             mixture=mixture or {},

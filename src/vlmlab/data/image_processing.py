@@ -228,9 +228,7 @@ class NativeImageProcessor:
     token budget (`PatchRecipe`, carried out by `vlmlab.data.native_resolution`): [n, patch_dim] and the grid row
     (frames, patch rows, patch columns)."""
 
-    mode = "native"
-    tiling = None
-    size_sets_tokens = True  # as `ImageProcessor.size_sets_tokens`
+    size_sets_tokens = True  # as `ImageProcessor.size_sets_tokens`: blanks and length estimates take each size
 
     def __init__(self, recipe: PatchRecipe) -> None:
         self.recipe = recipe
@@ -243,12 +241,8 @@ class NativeImageProcessor:
         patches = image_patches(image, self.recipe)
         return ProcessedImage(patches.patches, patches.grid)
 
-    def blank(self, size: tuple[int, int] | None = None) -> ProcessedImage:
-        """Zeros (the mean colour after normalisation) in the patches of an image of `size` (None: the budget's
-        largest square)."""
-        if size is None:
-            side = self.recipe.patch_size * self.recipe.merge_size
-            size = (side * 1000, side * 1000)  # resized down to the budget
+    def blank(self, size: tuple[int, int]) -> ProcessedImage:
+        """Zeros (the mean colour after normalisation) in the patches of an image of `size` (height, width)."""
         grid = self.grid(size)
         return ProcessedImage(torch.zeros(grid[0] * grid[1] * grid[2], self.recipe.patch_dim), grid)
 

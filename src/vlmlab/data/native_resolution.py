@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 from PIL import Image
@@ -28,18 +29,17 @@ class ImagePatches:
     grid: tuple[int, int, int]
 
 
+@cache
+def pixel_operations(recipe: PatchRecipe) -> TransformersPixels:
+    """The recipe's resize filter and normalisation as transformers' torchvision backend applies them (the size
+    fields of `ImagePreprocessing` are not used: each image's size is its own), built once per recipe."""
+    stats = dict(mean=recipe.mean, std=recipe.std, interpolation=recipe.interpolation)
+    return TransformersPixels(ImagePreprocessing(height=1, width=1, rescale_factor=recipe.rescale_factor, **stats))
+
+
 def image_patches(image: Image.Image, recipe: PatchRecipe) -> ImagePatches:
     """`image` as its recipe's patches (pixels as the checkpoint's transformers image processor gives them)."""
-    ops = TransformersPixels(
-        ImagePreprocessing(
-            height=1,
-            width=1,
-            mean=recipe.mean,
-            std=recipe.std,
-            interpolation=recipe.interpolation,
-            rescale_factor=recipe.rescale_factor,
-        )
-    )
+    ops = pixel_operations(recipe)
     pixels = ops.load(image)
     height, width = ops.size(pixels)
     size = recipe.resized(height, width)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from hydra.utils import instantiate
@@ -28,7 +29,7 @@ def build_connector(
     target = getattr(factory, "func", factory)
     name = f"{target.__module__}.{target.__qualname__}" if hasattr(target, "__qualname__") else str(target)
     native = isinstance(encoder, NativeResolutionEncoder)
-    tokens = encoder.max_tokens if native else encoder.num_patches
+    tokens = encoder.token_layout.max_tokens if native else encoder.num_patches
     try:
         connector = factory(in_dim=encoder.output_dim, out_dim=llm.hidden_size, num_in_tokens=tokens)
     except TypeError as err:
@@ -59,24 +60,32 @@ def build_connector(
     return connector
 
 
+@contextmanager
+def probing(connector: Connector, tokens: int) -> Iterator[tuple[torch.Tensor, torch.Generator]]:
+    """Random features [1, tokens, in_dim] in the connector's dtype and the generator that drew them (its own: the
+    global random state is left as it was), with the connector in eval mode until the block ends."""
+    generator = torch.Generator().manual_seed(0)
+    parameter = next(connector.parameters(), None)
+    dtype = parameter.dtype if parameter is not None else torch.float32
+    features = torch.randn(1, tokens, connector.in_dim, generator=generator, dtype=dtype)
+    was_training = connector.training
+    connector.eval()
+    try:
+        yield features, generator
+    finally:
+        connector.train(was_training)
+
+
 def maps_each_token_alone(connector: Connector) -> bool:
     """Whether the connector takes any number of tokens and each output token depends on its own input token
     only: on random features of 3 and 5 tokens it gives as many, and the 3 are the first 3 of the 5."""
     if any(p.is_meta for p in connector.parameters()):
         return True  # checked when built with weights
-    generator = torch.Generator().manual_seed(0)
-    parameter = next(connector.parameters(), None)
-    dtype = torch.float32 if parameter is None else parameter.dtype
-    features = torch.randn(1, 5, connector.in_dim, generator=generator, dtype=dtype)
-    was_training = connector.training
-    connector.eval()
-    try:
-        with torch.no_grad():
+    with probing(connector, 5) as (features, _), torch.no_grad():
+        try:
             five, three = connector(features), connector(features[:, :3])
-    except (RuntimeError, ValueError):  # a connector of a fixed grid or token count
-        return False
-    finally:
-        connector.train(was_training)
+        except (RuntimeError, ValueError):  # a connector of a fixed grid or token count
+            return False
     return five.shape[1] == 5 and three.shape[1] == 3 and torch.allclose(five[:, :3], three, atol=1e-6)
 
 
@@ -87,20 +96,11 @@ def unused_patches(connector: Connector) -> list[int]:
     all (a zero-initialised layer) or the weights are not materialised."""
     if any(p.is_meta for p in connector.parameters()):
         return []
-    generator = torch.Generator().manual_seed(0)
-    parameter = next(connector.parameters(), None)
-    dtype = parameter.dtype if parameter is not None else torch.float32
-    features = torch.randn(1, connector.num_in_tokens, connector.in_dim, generator=generator, dtype=dtype)
-    features.requires_grad_(True)
-    was_training = connector.training
-    connector.eval()
-    try:
-        with torch.enable_grad():
-            out = connector(features)
-            mix = torch.randn(out.shape, generator=generator, dtype=out.dtype)
-            (grad,) = torch.autograd.grad((out * mix).sum(), features, allow_unused=True)
-    finally:
-        connector.train(was_training)
+    with probing(connector, connector.num_in_tokens) as (features, generator), torch.enable_grad():
+        features.requires_grad_(True)
+        out = connector(features)
+        mix = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        (grad,) = torch.autograd.grad((out * mix).sum(), features, allow_unused=True)
     if grad is None:
         return []
     reached = grad[0].abs().sum(-1) > 0
@@ -124,7 +124,7 @@ def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:
     if isinstance(encoder, NativeResolutionEncoder):
         log.info(
             "vision features: each image at its own shape, up to %d tokens x %d -> image tokens x %d",
-            encoder.max_tokens,
+            encoder.token_layout.max_tokens,
             encoder.output_dim,
             llm.hidden_size,
         )

@@ -73,10 +73,13 @@ class NativeTokenLayout:
     patches_per_token: int
     max_tokens: int
 
+    def counts(self, grids: torch.Tensor) -> torch.Tensor:
+        """Image tokens of each image of grid rows [num_images, 3] (frames, rows, cols)."""
+        return grids.prod(-1) // self.patches_per_token
+
     def count(self, grid: Sequence[int] | torch.Tensor) -> int:
         """Image tokens of one image with grid row (frames, rows, cols)."""
-        frames, rows, cols = (int(v) for v in grid)
-        return frames * rows * cols // self.patches_per_token
+        return int(self.counts(torch.as_tensor(grid).view(1, 3))[0])
 
 
 def tile_count(grid: Sequence[int] | torch.Tensor) -> int:

@@ -51,7 +51,7 @@ class VisionLanguageModel(nn.Module):
     @property
     def image_layout(self) -> ImageTokenLayout | NativeTokenLayout:
         if isinstance(self.encoder, NativeResolutionEncoder):
-            return NativeTokenLayout(self.encoder.patches_per_token, self.encoder.max_tokens)
+            return self.encoder.token_layout
         return ImageTokenLayout(self.connector.num_out_tokens, self.image_newline is not None)
 
     @property

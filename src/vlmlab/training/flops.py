@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlmlab.models.batch import Batch
 from vlmlab.models.encoders.native_resolution import NativeResolutionEncoder, PatchFlops
+from vlmlab.models.image_layout import NativeTokenLayout
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.stage import PARTS, StageSpec
 
@@ -56,8 +57,8 @@ class FlopsEstimate:
     lm_head: int  # d x V
     attention_width: int  # layers x heads x head_dim
     chunked_loss: bool
-    native_encoder: PatchFlops | None = None  # a native-resolution encoder's FLOPs of a batch's grids
-    patches_per_token: int = 1  # ... and its patches per token
+    # a native-resolution encoder's FLOPs of a batch's grids, and its tokens per image of a grid
+    native: tuple[PatchFlops, NativeTokenLayout] | None = None
 
     @classmethod
     def of(cls, model: VisionLanguageModel, stage: StageSpec) -> FlopsEstimate:
@@ -88,8 +89,7 @@ class FlopsEstimate:
             lm_head=head.weight.numel(),
             attention_width=config.num_hidden_layers * config.num_attention_heads * head_dim,
             chunked_loss=stage.loss == "chunked",
-            native_encoder=None if native is None else native.flops,
-            patches_per_token=1 if native is None else native.patches_per_token,
+            native=None if native is None else (native.flops, native.token_layout),
         )
 
     def __call__(self, batch: Batch) -> int:
@@ -107,7 +107,8 @@ class FlopsEstimate:
         encoder = 0 if features is not None else num_tiles * self.encoder_per_image  # cached features: no encoder
         connector = num_tiles * self.connector_per_image
         grids = batch.get("image_grids")
-        if self.native_encoder is not None and pixels is not None and grids is not None:
-            encoder = self.native_encoder(grids)
-            connector = int(grids.prod(-1).sum()) // self.patches_per_token * self.connector_per_image
+        if self.native is not None and pixels is not None and grids is not None:
+            flops, layout = self.native
+            encoder = flops(grids)
+            connector = int(layout.counts(grids).sum()) * self.connector_per_image
         return self.passes["encoder"] * encoder + self.passes["connector"] * connector + self.passes["llm"] * llm

@@ -27,20 +27,29 @@ def _size(value: Any) -> dict[str, int]:
     return {k: int(v) for k, v in items if v is not None}
 
 
-def processor_recipe(processor: Any, source: str) -> tuple[dict[str, Any], str]:
-    """(`ImagePreprocessing` fields, layout) of a transformers image processor; `source` names it in errors."""
-    size, crop = _size(processor.size), _size(processor.crop_size if processor.do_center_crop else None)
-    fields: dict[str, Any] = {
+def unreproducible(source: str, problem: str) -> ValueError:
+    return ValueError(f"the image processor of {source} cannot be reproduced: {problem}")
+
+
+def pixel_statistics(processor: Any, source: str) -> dict[str, Any]:
+    """A transformers image processor's resize filter, mean, std and rescale factor, the fields every recipe takes
+    from it (fixed-size `ImagePreprocessing`, native-resolution `PatchRecipe`); `source` names it in errors."""
+    if not (processor.do_resize and processor.do_rescale and processor.do_normalize):
+        raise unreproducible(source, "it skips resizing, rescaling or normalising")
+    return {
         "mean": tuple(float(m) for m in processor.image_mean),
         "std": tuple(float(s) for s in processor.image_std),
         "interpolation": PILImageResampling(int(processor.resample)).name.lower(),
         "rescale_factor": float(processor.rescale_factor),
-        "backend": "transformers",
     }
+
+
+def processor_recipe(processor: Any, source: str) -> tuple[dict[str, Any], str]:
+    """(`ImagePreprocessing` fields, layout) of a transformers image processor; `source` names it in errors."""
+    size, crop = _size(processor.size), _size(processor.crop_size if processor.do_center_crop else None)
+    fields: dict[str, Any] = {**pixel_statistics(processor, source), "backend": "transformers"}
     problem = None
-    if not (processor.do_resize and processor.do_rescale and processor.do_normalize):
-        problem = "it skips resizing, rescaling or normalising"
-    elif getattr(processor, "image_grid_pinpoints", None) or getattr(processor, "do_pad", False):
+    if getattr(processor, "image_grid_pinpoints", None) or getattr(processor, "do_pad", False):
         tiled = bool(getattr(processor, "image_grid_pinpoints", None))
         # LLaVA-NeXT's tiles are `crop_size` whether it crops or not; a padded square is cropped only if asked
         side_from = _size(processor.crop_size) if tiled else crop
@@ -59,16 +68,20 @@ def processor_recipe(processor: Any, source: str) -> tuple[dict[str, Any], str]:
     else:
         problem = f"vlmlab has no layout for size={size} with crop_size={crop or None}"
     if problem is not None:
-        raise ValueError(f"the image processor of {source} cannot be reproduced: {problem}")
+        raise unreproducible(source, problem)
     return fields, layout
 
 
-def checkpoint_recipe(pretrained: str) -> tuple[dict[str, Any], str] | None:
-    """The recipe of the image processor saved with a hub id or local folder (its preprocessor_config.json,
-    read by `AutoImageProcessor`, which never runs a folder's code without `trust_remote_code`); None if it has
-    none."""
+def saved_processor(pretrained: str) -> Any | None:
+    """The image processor saved with a hub id or local folder (its preprocessor_config.json, read by
+    `AutoImageProcessor`, which never runs a folder's code without `trust_remote_code`); None if it has none."""
     try:
-        processor = AutoImageProcessor.from_pretrained(pretrained)
+        return AutoImageProcessor.from_pretrained(pretrained)
     except (OSError, ValueError):  # no processor file; a config naming no known processor
         return None
-    return processor_recipe(processor, pretrained)
+
+
+def checkpoint_recipe(pretrained: str) -> tuple[dict[str, Any], str] | None:
+    """The recipe of the image processor saved with a hub id or local folder; None if it has none."""
+    processor = saved_processor(pretrained)
+    return None if processor is None else processor_recipe(processor, pretrained)

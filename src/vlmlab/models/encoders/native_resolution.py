@@ -22,15 +22,16 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoConfig, AutoImageProcessor, Siglip2VisionConfig, Siglip2VisionModel
-from transformers.image_utils import PILImageResampling
+from transformers import AutoConfig, Siglip2VisionConfig, Siglip2VisionModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 from transformers.utils import cached_file
 
 from vlmlab.models.blocks import repeated_block_classes
 from vlmlab.models.encoders.hf_encoder import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from vlmlab.models.encoders.hf_preprocessing import pixel_statistics, saved_processor
 from vlmlab.models.encoders.patch_recipe import PatchRecipe
+from vlmlab.models.image_layout import NativeTokenLayout
 
 QWEN2_VL_PREFIXES = ("model.visual.", "visual.")  # transformers >= 4.52 saves the first, the published files the second
 
@@ -60,15 +61,11 @@ class NativeResolutionEncoder(nn.Module):
     flops: PatchFlops  # forward FLOPs of the images of a batch's grids, packed
 
     @property
-    def max_tokens(self) -> int:
-        """The most tokens an image gives under the recipe's budget."""
+    def token_layout(self) -> NativeTokenLayout:
+        """Tokens per image of a grid, and the most an image gives under the recipe's budget."""
         r = self.recipe
         patches = r.max_num_patches if r.layout == "siglip2" else r.max_pixels // r.patch_size**2
-        return patches // self.patches_per_token
-
-    def tokens(self, grids: torch.Tensor) -> torch.Tensor:
-        """Output tokens per image of grids [num_images, 3]."""
-        return grids.prod(-1) // self.patches_per_token
+        return NativeTokenLayout(self.patches_per_token, patches // self.patches_per_token)
 
     def _probe_flops(self) -> None:
         """`flops` from `FlopCounterMode` on blank images of 2 x 2 and 4 x 4 merged blocks: two sizes give its two
@@ -90,18 +87,11 @@ class NativeResolutionEncoder(nn.Module):
 
 
 def processor_patch_recipe(pretrained: str) -> PatchRecipe | None:
-    """The recipe of the image processor saved with a hub id or folder (preprocessor_config.json, read by
-    `AutoImageProcessor`, which runs no code from the folder); None without one."""
-    try:
-        processor = AutoImageProcessor.from_pretrained(pretrained)
-    except (OSError, ValueError):
+    """The recipe of the image processor saved with a hub id or folder (`saved_processor`); None without one."""
+    processor = saved_processor(pretrained)
+    if processor is None:
         return None
-    fields: dict[str, Any] = {
-        "mean": tuple(float(m) for m in processor.image_mean),
-        "std": tuple(float(s) for s in processor.image_std),
-        "interpolation": PILImageResampling(int(processor.resample)).name.lower(),
-        "rescale_factor": float(processor.rescale_factor),
-    }
+    fields = pixel_statistics(processor, pretrained)
     if hasattr(processor, "max_num_patches"):
         return PatchRecipe("siglip2", processor.patch_size, 1, 1, max_num_patches=processor.max_num_patches, **fields)
     size = processor.size

@@ -63,17 +63,6 @@ class PatchRecipe:
         else:
             raise ValueError(f"unknown patch layout '{self.layout}': qwen2_vl or siglip2")
 
-    @classmethod
-    def from_token_budget(
-        cls, layout: PatchLayout, patch_size: int, merge_size: int, min_tokens: int, max_tokens: int, **fields: object
-    ) -> PatchRecipe:
-        """The recipe whose images take `min_tokens`-`max_tokens` tokens each (tokens after merging)."""
-        if layout == "siglip2":
-            return cls(layout, patch_size, 1, 1, max_num_patches=max_tokens, **fields)  # type: ignore[arg-type]
-        unit = (patch_size * merge_size) ** 2  # the pixels of one token
-        return cls(layout, patch_size, merge_size, 2, min_pixels=min_tokens * unit, max_pixels=max_tokens * unit,
-                   **fields)  # type: ignore[arg-type]  # fmt: skip
-
     @property
     def patch_dim(self) -> int:
         """Values per patch row."""
@@ -89,11 +78,6 @@ class PatchRecipe:
         """(frames, patch rows, patch columns) of an image of `height` x `width` pixels, before resizing."""
         new_height, new_width = self.resized(height, width)
         return 1, new_height // self.patch_size, new_width // self.patch_size
-
-    def tokens(self, height: int, width: int) -> int:
-        """Tokens the image gives after merging."""
-        _, rows, cols = self.grid(height, width)
-        return rows * cols // self.merge_size**2
 
 
 def qwen2_vl_size(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
