@@ -1,10 +1,15 @@
 """Native-resolution encoders against transformers, from PNG files: vlmlab's patches equal Qwen2-VL's and SigLIP2's
 image processors (sizes, grids, pixels), its towers' features equal transformers' models on those inputs, and a packed
 sequence of images gives each image's features alone. Tiny random models saved with `save_pretrained`; images of very
-different shapes (30 x 200, 200 x 30, ...)."""
+different shapes (30 x 200, 200 x 30, ...).
+
+The reference is the official implementation of both families, transformers 5.24.0 (pinned in constraints.txt; its
+v5.24.0 tag on the default branch), run here: `Qwen2VLImageProcessor` and `Siglip2ImageProcessor` (torchvision
+backend), `Qwen2VLForConditionalGeneration` and `Siglip2VisionModel`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +186,15 @@ def test_a_checkpoint_of_another_model_or_without_the_towers_weights_is_named(qw
     save_file({k: v for k, v in weights.items() if "visual" not in k}, text_only / "model.safetensors")
     with pytest.raises(ValueError, match="no weights under model.visual. or visual."):
         Qwen2VLVisionEncoder(pretrained=str(text_only))
+
+
+def test_a_shard_index_naming_a_file_outside_its_folder_is_refused(qwen2_vl: Path) -> None:
+    """The index of a folder from someone else names its shards; one beside the folder is never opened."""
+    folder = qwen2_vl.parent / "outside_index"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((qwen2_vl / "config.json").read_bytes())
+    (qwen2_vl.parent / "beside.safetensors").write_bytes((qwen2_vl / "model.safetensors").read_bytes())
+    index = {"metadata": {}, "weight_map": {"model.visual.merger.ln_q.weight": "../beside.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"names '\.\./beside.safetensors', which is not a file of that folder"):
+        Qwen2VLVisionEncoder(pretrained=str(folder))

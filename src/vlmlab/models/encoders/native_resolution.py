@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -114,6 +115,12 @@ def weight_files(pretrained: str) -> list[str]:
         return [cached_file(pretrained, "model.safetensors")]
     with open(index) as handle:
         shards = sorted(set(json.load(handle)["weight_map"].values()))
+    outside = [shard for shard in shards if Path(shard).name != shard or shard in ("", ".", "..")]
+    if outside:  # the index may come from someone else: it names files of its own folder, nothing beside it
+        raise ValueError(
+            f"{pretrained}: model.safetensors.index.json names {outside[0]!r}, which is not a file of that folder; "
+            "a shard is named by its file name alone"
+        )
     return [cached_file(pretrained, shard) for shard in shards]
 
 
