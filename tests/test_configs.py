@@ -88,7 +88,8 @@ def test_every_tiny_encoder_builds_into_a_model(compose_config, encoder: str) ->
 
 @pytest.mark.parametrize("connector", group_options("model/connector"))
 def test_every_connector_preset_builds(compose_config, connector: str) -> None:
-    cfg = compose_config([f"model/connector={connector}", "model.encoder.model_kwargs.patch_size=8"])
+    width = ["model.llm.config.hidden_size=128"] if connector == "identity" else []  # the ViT's: nothing projects
+    cfg = compose_config([f"model/connector={connector}", "model.encoder.model_kwargs.patch_size=8", *width])
     model = build_vlm(cfg.model)
     assert model.encoder.num_patches == 144
     tokens = model.connector.num_out_tokens  # what the connector says it gives, which the data pipeline uses
@@ -121,7 +122,7 @@ def test_dot_instead_of_slash_is_caught(compose_config) -> None:
     cfg = compose_config(["model.connector=mlp2x_gelu"])
     with pytest.raises(
         ValueError,
-        match="write model/connector=NAME \\(with a slash\\).*Presets: avgpool, c_abstractor, linear, mlp2x_gelu",
+        match="write model/connector=NAME \\(with a slash\\).*Presets: avgpool, c_abstractor, identity, linear, mlp2x",
     ):
         validate_config(cfg)
 

@@ -12,8 +12,8 @@ How each command is checked, by its program (`check_command`):
   against a tiny registered model (the only process started: the scoring server).
 - make TARGET: `make -n` (the target exists), the vlmlab commands it would run composed. torchrun: torch's parser,
   the module it starts composed. cd, source .venv/bin/activate: followed.
-- vlmlab-import also runs for real, on a tiny LLaVA standing for the example folder (EXAMPLE_INPUTS): the commands
-  after it read the presets it writes.
+- vlmlab-import also runs for real, on a tiny LLaVA or Qwen2-VL standing for the example folder (EXAMPLE_INPUTS):
+  the commands after it read the presets it writes.
 - NOT_RUN: what cannot run here at all, with the reason. Anything else fails: a page cannot add an unchecked command.
 ```console blocks are commands that fail on purpose: run in this process, exit code 2, the shown lines printed.
 A ```python or ```yaml block whose first line is `# <path>` is a file the commands read (written there); the
@@ -63,7 +63,7 @@ NOT_RUN = {
 }
 SERVE_PORT = "5001"  # the port the serving example uses; a free one here
 # Example inputs of commands that the test runs for real, and what stands for them (a `World` method).
-EXAMPLE_INPUTS = {"/models/llava-1.5-7b-hf": "tiny_llava"}
+EXAMPLE_INPUTS = {"/models/llava-1.5-7b-hf": "tiny_llava", "/models/Qwen2-VL-2B-Instruct": "tiny_qwen2_vl"}
 HYDRA_COMMANDS = ("vlmlab-train", "vlmlab-eval", "vlmlab-generate", "vlmlab-chat", "vlmlab-export", "vlmlab-import")
 OPERATORS = {"|", "||", "&&", ";", "&"}
 REDIRECTIONS = {">", ">>", "<", "2>"}
@@ -188,6 +188,9 @@ class World:
     def tiny_llava(self) -> Path:
         return self._once("tiny_llava", self._tiny_llava)
 
+    def tiny_qwen2_vl(self) -> Path:
+        return self._once("tiny_qwen2_vl", self._tiny_qwen2_vl)
+
     def _registered_store(self, folder: Path) -> Path:
         from mlflow.tracking import MlflowClient
 
@@ -215,6 +218,12 @@ class World:
         from tests.test_export import tiny_llava
 
         tiny_llava(tokenizer(), folder)
+        return folder
+
+    def _tiny_qwen2_vl(self, folder: Path) -> Path:
+        from tests.test_qwen2_vl_interop import tiny_qwen2_vl
+
+        tiny_qwen2_vl(tokenizer(), folder)
         return folder
 
 
@@ -462,7 +471,7 @@ def check_command(session: Session, line: str) -> None:
 
 
 def import_for_real(session: Session, args: list[str]) -> None:
-    """vlmlab-import writes the presets later commands name: run it on the tiny LLaVA standing for the example."""
+    """vlmlab-import writes the presets later commands name: run it on the tiny model standing for the example."""
     source = next(a.partition("=")[2] for a in args if a.startswith("source="))
     stand_in = getattr(session.world, EXAMPLE_INPUTS[source])()
     args = [f"source={stand_in}" if a.startswith("source=") else a for a in args]

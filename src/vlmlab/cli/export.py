@@ -1,4 +1,5 @@
-"""`vlmlab-export`: a trained model as a Hugging Face LLaVA or LLaVA-NeXT folder, or in vlmlab's own format."""
+"""`vlmlab-export`: a trained model as a Hugging Face LLaVA, LLaVA-NeXT or Qwen2-VL folder, or in vlmlab's own
+format."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from vlmlab.cli.common import load_from_command_line
 from vlmlab.cli.entry import hydra_command
 from vlmlab.inference.loading import save_model_folder
 from vlmlab.interop.hf_llava import check_fits_llava, export_hf_llava
+from vlmlab.interop.hf_qwen2_vl import check_fits_qwen2_vl, export_hf_qwen2_vl
 
-FORMATS = ("hf_llava", "hf_llava_next", "vlmlab")
+FORMATS = ("hf_llava", "hf_llava_next", "hf_qwen2_vl", "vlmlab")
 
 
 def export(cfg: DictConfig) -> Path:
@@ -25,6 +27,14 @@ def export(cfg: DictConfig) -> Path:
     if cfg.format == "vlmlab":
         save_model_folder(loaded, output)
         print(f"wrote {output} (vlmlab format): vlmlab-generate checkpoint={output} ...")
+        return output
+    if cfg.format == "hf_qwen2_vl":
+        check_fits_qwen2_vl(loaded.model)  # before anything is written
+        export_hf_qwen2_vl(loaded.model, output)
+        print(
+            f"wrote {output}: Qwen2VLForConditionalGeneration.from_pretrained('{output}') and "
+            f"AutoProcessor.from_pretrained('{output}') load it"
+        )
         return output
     next_ = cfg.format == "hf_llava_next"
     check_fits_llava(loaded.model, next_)  # before anything is written

@@ -1,8 +1,9 @@
 """`ChatFormatter`: a conversation -> token ids and labels, through the LLM's own chat template.
 
 The ids are those a transformers processor gives for the same messages: a template written for content
-parts (the llava-hf processors' templates: `[{"type": "image"}, {"type": "text", "text": ...}]`) is given each
-message's `<image>` placeholders and text as parts, and the tokenizer's own special tokens (Llama's BOS) are
+parts (the llava-hf processors' templates: `[{"type": "image"}, {"type": "text", "text": ...}]`), or one that
+writes the model's own image token for an image part (Qwen2-VL's), is given each message's `<image>`
+placeholders and text as parts, and the tokenizer's own special tokens (Llama's BOS) are
 added unless the rendered text already starts with BOS (`ProcessorMixin.apply_chat_template`, transformers 5.24).
 
 Label masking works for any template: each assistant turn's text span is found by rendering the
@@ -69,6 +70,16 @@ def content_parts(text: str, image_token: str) -> list[dict[str, str]]:
     return parts
 
 
+def renders_image_parts(tokenizer: PreTrainedTokenizerBase, image_token: str) -> bool:
+    """Whether the chat template writes `image_token` for a `{"type": "image"}` part (Qwen2-VL's template does,
+    between its vision start and end tokens, and renders string contents as well)."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}], tokenize=False)
+    except Exception:  # a template for string contents only
+        return False
+    return image_token in text
+
+
 def takes_content_parts(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's chat template renders a message's content only from a list of parts (as the
     llava-hf templates do) rather than from a string (as LLM templates do); vLLM's `chat_template_content_format`
@@ -92,17 +103,27 @@ class ChatFormatter:
         image_token: str,
         num_image_tokens: int,
         max_length: int,
+        template_image_token: str | None = None,
     ) -> None:
+        """`image_token`: the placeholder of prompts and records; `template_image_token`: the token the template
+        writes for an image part where it is another (`LanguageModel.template_image_token`), which is expanded."""
         self.tokenizer = tokenizer
         self.image_token = image_token
-        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        self.template_image_token = template_image_token or image_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.template_image_token)
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
-        self.uses_parts = takes_content_parts(tokenizer)
+        self.uses_parts = takes_content_parts(tokenizer) or (
+            template_image_token is not None and renders_image_parts(tokenizer, template_image_token)
+        )
 
     def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         if self.uses_parts:
             messages = [dict(m, content=content_parts(m["content"], self.image_token)) for m in messages]
+        elif self.template_image_token != self.image_token:
+            messages = [
+                dict(m, content=m["content"].replace(self.image_token, self.template_image_token)) for m in messages
+            ]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:

@@ -219,8 +219,9 @@ class VLMDataModule(L.LightningDataModule):
                 tokens_side(model.connector.num_out_tokens)
             except ValueError as err:
                 raise UsageError(f"{err} (model.connector={type(model.connector).__name__})") from err
+        llm = model.llm
         formatter = ChatFormatter(
-            model.llm.tokenizer, model.llm.image_token, model.num_image_tokens, max_length=data_cfg.max_length
+            llm.tokenizer, llm.image_token, model.num_image_tokens, data_cfg.max_length, llm.template_image_token
         )
         return cls(
             sources=OmegaConf.to_container(data_cfg.sources, resolve=True),

@@ -55,7 +55,9 @@ class Assistant:
         self.tokenizer = model.llm.tokenizer
         self.image_token = model.llm.image_token
         max_length = int(getattr(model.llm.model.config, "max_position_embeddings", 0) or 1_000_000)
-        self.formatter = ChatFormatter(self.tokenizer, self.image_token, model.num_image_tokens, max_length)
+        self.formatter = ChatFormatter(
+            self.tokenizer, self.image_token, model.num_image_tokens, max_length, model.llm.template_image_token
+        )
         self.images = encoder_image_processor(model.encoder, image_resize, anyres)
         self.layout = model.image_layout
         self.system = system

@@ -1,5 +1,6 @@
-"""Loading a model to use it: a stage folder, a vlmlab model folder, a Hugging Face LLaVA folder, or a model in
-MLflow (`models:/<name>/<version>`, a vlmlab model folder logged by `vlmlab-train`, see `vlmlab.tracking.registry`).
+"""Loading a model to use it: a stage folder, a vlmlab model folder, a Hugging Face LLaVA or Qwen2-VL folder, or a
+model in MLflow (`models:/<name>/<version>`, a vlmlab model folder logged by `vlmlab-train`, see
+`vlmlab.tracking.registry`).
 
 A stage folder of a `vlmlab-train` run describes itself: the run's `.hydra/config.yaml` holds the model
 config and `tokenizer/` the tokenizer it trained with, so nobody retypes the model/* choices. A vlmlab
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vlmlab.data.image_processing import ResizeMode
 from vlmlab.interop.hf_llava import is_hf_llava_folder, vlm_from_hf_llava
+from vlmlab.interop.hf_qwen2_vl import is_hf_qwen2_vl_folder, vlm_from_hf_qwen2_vl
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.trust import check_targets
 from vlmlab.models.vlm import VisionLanguageModel
@@ -110,9 +112,13 @@ def load_model(
         model, config, mode, anyres = vlm_from_hf_llava(path, chat_template)
         source = f"{path / 'config.json'} (Hugging Face LLaVA)"
         return LoadedModel(model, config, image_resize or mode, source, path, anyres)
+    if is_hf_qwen2_vl_folder(path):
+        model, config = vlm_from_hf_qwen2_vl(path, chat_template)
+        return LoadedModel(model, config, "resize", f"{path / 'config.json'} (Hugging Face Qwen2-VL)", path)
     if chat_template is not None:
         raise ValueError(
-            f"chat_template= applies to Hugging Face LLaVA folders; {checkpoint} keeps the template it trained with"
+            f"chat_template= applies to Hugging Face LLaVA and Qwen2-VL folders; {checkpoint} keeps the template it "
+            "trained with"
         )
     weights = weights_path(path)
     described = saved_description(weights) if model_source == "auto" else None

@@ -21,7 +21,7 @@ LLAVA_TO_VLMLAB = (
 )
 
 
-def _renamed(
+def renamed(
     state_dict: dict[str, torch.Tensor], prefixes: list[tuple[str, str]], source: str, target: str
 ) -> dict[str, torch.Tensor]:
     """Replace each key's (from, to) prefix; a key no prefix matches is an error, not a silent drop."""
@@ -38,9 +38,9 @@ def _renamed(
 
 def llava_to_vlmlab(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a LLaVA state dict to vlmlab's names."""
-    return _renamed(state_dict, list(LLAVA_TO_VLMLAB), "LLaVA", "vlmlab")
+    return renamed(state_dict, list(LLAVA_TO_VLMLAB), "LLaVA", "vlmlab")
 
 
 def vlmlab_to_llava(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename vlmlab's weights to LLaVA's."""
-    return _renamed(state_dict, [(new, old) for old, new in LLAVA_TO_VLMLAB], "vlmlab", "LLaVA")
+    return renamed(state_dict, [(new, old) for old, new in LLAVA_TO_VLMLAB], "vlmlab", "LLaVA")

@@ -81,6 +81,12 @@ class NativeTokenLayout:
         """Image tokens of one image with grid row (frames, rows, cols)."""
         return int(self.counts(torch.as_tensor(grid).view(1, 3))[0])
 
+    def token_grids(self, grids: torch.Tensor) -> torch.Tensor:
+        """The tokens' own grids [num_images, 3] (frames, rows, cols after merging, row-major as the tokens come):
+        where M-RoPE places them."""
+        side = math.isqrt(self.patches_per_token)
+        return torch.stack([grids[:, 0], grids[:, 1] // side, grids[:, 2] // side], dim=1)
+
 
 def tile_count(grid: Sequence[int] | torch.Tensor) -> int:
     """Tiles (encoder inputs) of one image with grid row (rows, cols, ...): 1 when untiled."""

@@ -14,6 +14,7 @@ from vlmlab.models.encoders.base import VisionEncoder
 from vlmlab.models.encoders.native_resolution import NativeResolutionEncoder
 from vlmlab.models.image_layout import ImageTokenLayout, NativeTokenLayout, arrange_image_tokens
 from vlmlab.models.llms.language_model import LanguageModel
+from vlmlab.models.llms.qwen2_vl_text import mrope_positions
 
 
 class VisionLanguageModel(nn.Module):
@@ -71,6 +72,24 @@ class VisionLanguageModel(nn.Module):
             return self.connector(self.encoder(pixel_values, image_grids)[None])
         features = self.encoder(pixel_values)  # (num_tiles, N, d_vis)
         return self.connector(features)  # (num_tiles, M, d_llm)
+
+    def mrope_position_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        image_grids: torch.Tensor | None,
+        packed_positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The M-RoPE positions of a batch for an LLM that takes them (`LanguageModel.uses_mrope`): each image's
+        tokens on its merged grid (`vlmlab.models.llms.qwen2_vl_text.mrope_positions`)."""
+        layout = self.image_layout
+        if not isinstance(layout, NativeTokenLayout):
+            raise ValueError(
+                "an LLM with M-RoPE positions (Qwen2-VL's) places each image's tokens on its grid; it needs a "
+                "native-resolution encoder (model/encoder=qwen2_vl_2b or tiny_qwen2_vl)"
+            )
+        grids = None if image_grids is None else layout.token_grids(image_grids)
+        return mrope_positions(input_ids, self.image_token_id, grids, attention_mask, packed_positions)
 
     def embed_inputs(
         self,
@@ -141,11 +160,18 @@ class VisionLanguageModel(nn.Module):
         the block-diagonal mask from the restarts only without a mask and without a KV cache.
         `cu_seq_lens` / `max_seq_len` (the samples' boundaries) go to variable-length attention
         (`flash_attention_2`, `sdpa_varlen`), which then skips the attention between samples.
+        An LLM with M-RoPE positions (Qwen2-VL's) gets them from the rows and their images' grids
+        (`mrope_position_ids`; packed rows: each sample's own, under the restarts).
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_features, image_grids)
+        packed = position_ids is not None
+        if self.llm.uses_mrope:
+            position_ids = self.mrope_position_ids(input_ids, attention_mask, image_grids, position_ids)
         if position_ids is not None:
+            llm_kwargs.update(position_ids=position_ids)
+        if packed:
             attention_mask = None
-            llm_kwargs.update(position_ids=position_ids, use_cache=False)
+            llm_kwargs.update(use_cache=False)
             if cu_seq_lens is not None:
                 bounds = dict(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens)
                 llm_kwargs.update(bounds, max_length_q=max_seq_len, max_length_k=max_seq_len)
@@ -187,6 +213,8 @@ class VisionLanguageModel(nn.Module):
         inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grids=image_grids)
         tokenizer = self.llm.tokenizer
         generate_kwargs.setdefault("do_sample", False)
+        if self.llm.uses_mrope:  # the prompt's; generation goes on from the last + 1
+            generate_kwargs["position_ids"] = self.mrope_position_ids(input_ids, attention_mask, image_grids)
         return self.llm.model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,

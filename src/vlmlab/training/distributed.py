@@ -33,8 +33,10 @@ def global_rank(devices_per_node: int) -> int:
 
 
 def shard_units(model: VisionLanguageModel) -> set[type[nn.Module]]:
-    """The module classes sharded as one unit each: LLM decoder layers, vision blocks, the connector."""
-    return model.llm.decoder_layer_classes() | model.encoder.block_classes() | {type(model.connector)}
+    """The module classes sharded as one unit each: LLM decoder layers, vision blocks, the connector (if it has
+    weights)."""
+    connector = {type(model.connector)} if next(model.connector.parameters(), None) is not None else set()
+    return model.llm.decoder_layer_classes() | model.encoder.block_classes() | connector
 
 
 def build_strategy(settings: dict[str, Any], model: VisionLanguageModel, world_size: int) -> Strategy | str:

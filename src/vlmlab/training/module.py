@@ -12,6 +12,7 @@ import torch
 from peft import PeftModel
 from torch import nn
 
+from vlmlab.errors import UsageError
 from vlmlab.models.batch import Batch
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.distributed import fully_shard_units, is_sharded
@@ -240,7 +241,16 @@ class VLMTrainingModule(L.LightningModule):
             groups.append({"params": decay, "lr": lr, "weight_decay": self.stage.weight_decay, "name": "text"})
             no_decay = [p for n, p in own if _no_decay(n, p)]
             groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "text_no_decay"})
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.999))
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            trained = [part for part in PARTS if self.stage.train[part] != "frozen"]
+            raise UsageError(
+                f"stage '{self.stage.name}' trains nothing: its trained part(s) {', '.join(trained) or '(none)'} have "
+                "no weights (model/connector=identity has none); train the encoder or llm in it "
+                f"(curriculum.stages.{self.stage.name}.train.llm=full), or start at a later stage "
+                "(curriculum.start_stage=)"
+            )
+        optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = max(1, int(self.stage.warmup_ratio * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))

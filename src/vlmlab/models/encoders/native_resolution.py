@@ -14,6 +14,7 @@ it), so an image's features do not depend on what it is packed with, and no padd
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -151,6 +152,7 @@ class Qwen2VLVisionEncoder(NativeResolutionEncoder):
         min_tokens, max_tokens: the token budget per image (tokens after merging); None: the checkpoint
             processor's `min_pixels` / `max_pixels` (random weights: 4 and 256).
         interpolation: resize filter override (the processor's: bicubic).
+        image_mean, image_std: normalisation overrides (the processor's: CLIP's).
     """
 
     def __init__(
@@ -161,6 +163,8 @@ class Qwen2VLVisionEncoder(NativeResolutionEncoder):
         min_tokens: int | None = None,
         max_tokens: int | None = None,
         interpolation: str | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if output not in ("merged", "patches"):
@@ -196,6 +200,8 @@ class Qwen2VLVisionEncoder(NativeResolutionEncoder):
             fields.update(max_pixels=own.max_pixels, rescale_factor=own.rescale_factor)
         fields.update({k: v * unit for k, v in (("min_pixels", min_tokens), ("max_pixels", max_tokens)) if v})
         fields.update({"interpolation": interpolation} if interpolation else {})
+        fields.update({"mean": tuple(image_mean)} if image_mean else {})
+        fields.update({"std": tuple(image_std)} if image_std else {})
         self.recipe = PatchRecipe(
             "qwen2_vl", vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size, **fields
         )

@@ -16,6 +16,7 @@ from transformers import (
 
 from vlmlab.models.blocks import repeated_block_classes
 from vlmlab.models.llms.chat_templates import resolve_chat_template
+from vlmlab.models.llms.qwen2_vl_text import uses_mrope
 from vlmlab.models.loss import chunked_cross_entropy
 
 DEFAULT_IMAGE_TOKEN = "<image>"
@@ -32,7 +33,11 @@ class LanguageModel(nn.Module):
       the tokenizer outgrows it (Qwen's matrix already has spare rows);
     - a tokenizer without a pad token pads with its UNK (LLaVA's choice for Vicuna) or EOS token;
       padded positions are masked out of attention and loss, so the id itself never matters;
-    - the tokenizer's own chat template is used; `chat_template` applies only where it has none.
+    - the tokenizer's own chat template is used; `chat_template` applies only where it has none;
+    - `image_token` is the placeholder that prompts and records put where an image goes (LLaVA's `<image>`);
+      a model whose chat template writes its own token for an image part (Qwen2-VL's `<|image_pad|>`, between
+      `<|vision_start|>` and `<|vision_end|>`) names it `template_image_token`: that token is the one expanded to
+      the image's tokens and replaced by them.
     """
 
     def __init__(
@@ -41,15 +46,18 @@ class LanguageModel(nn.Module):
         tokenizer: PreTrainedTokenizerBase,
         chat_template: str | None = None,
         image_token: str = DEFAULT_IMAGE_TOKEN,
+        template_image_token: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.image_token = image_token
+        self.template_image_token = template_image_token
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-        if image_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [image_token]})
+        token = template_image_token or image_token
+        if token not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [token]})
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         if tokenizer.chat_template is None:
@@ -60,7 +68,7 @@ class LanguageModel(nn.Module):
                     "Jinja string"
                 )
             tokenizer.chat_template = resolve_chat_template(chat_template)
-        self.image_token_id: int = tokenizer.convert_tokens_to_ids(image_token)
+        self.image_token_id: int = tokenizer.convert_tokens_to_ids(token)
 
     @classmethod
     def from_pretrained(
@@ -71,6 +79,7 @@ class LanguageModel(nn.Module):
         image_token: str = DEFAULT_IMAGE_TOKEN,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
+        template_image_token: str | None = None,
     ) -> LanguageModel:
         """Load weights and tokenizer from a hub id or a local folder (`pretrained`, the field name that every
         model preset uses for this)."""
@@ -79,7 +88,7 @@ class LanguageModel(nn.Module):
         )
         if not isinstance(tokenizer, PreTrainedTokenizerBase):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer or pretrained)
-        return cls(model, tokenizer, chat_template=chat_template, image_token=image_token)
+        return cls(model, tokenizer, chat_template, image_token, template_image_token)
 
     @classmethod
     def from_config(
@@ -89,6 +98,7 @@ class LanguageModel(nn.Module):
         chat_template: str | None = None,
         image_token: str = DEFAULT_IMAGE_TOKEN,
         attn_implementation: str = "sdpa",
+        template_image_token: str | None = None,
     ) -> LanguageModel:
         """Random weights from a config dict (`model_type` plus its fields), e.g. a tiny Llama for tests.
 
@@ -107,7 +117,12 @@ class LanguageModel(nn.Module):
         )
         model_config = AutoConfig.for_model(model_type, **fields)
         model = AutoModelForCausalLM.from_config(model_config, attn_implementation=attn_implementation)
-        return cls(model, tokenizer, chat_template=chat_template, image_token=image_token)
+        return cls(model, tokenizer, chat_template, image_token, template_image_token)
+
+    @property
+    def uses_mrope(self) -> bool:
+        """Whether image tokens take M-RoPE positions (Qwen2-VL's LM), not the next 1-D positions."""
+        return uses_mrope(self.model)
 
     @property
     def hidden_size(self) -> int:
