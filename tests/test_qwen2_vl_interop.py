@@ -249,18 +249,32 @@ def test_the_imported_model_trains_from_its_printed_command(
     imported: tuple, synth_root: Path, tmp_path: Path, in_process: InProcess
 ) -> None:
     """The command `vlmlab-import` printed, shrunk: instruction tuning only (Qwen2-VL has no connector to align),
-    packed rows with a loader worker, then the test split scored."""
+    LoRA on the tower and on the language model, packed rows with a loader worker, then the test split scored; the
+    trained stage exports back to transformers."""
     _, ours_folder, _, printed = imported
     command = printed.split("Train from it: ", 1)[1].split()
     assert "model/connector=identity" in command and "curriculum.start_stage=instruct" in command
     tiny = [o for o in TINY_OVERRIDES if not o.startswith("model.llm.")]
     train = [str(BIN / "vlmlab-train"), *[c.strip("'") for c in command[1:]], *tiny, f"data.root={synth_root}"]
-    train += ["data.packing=true", "data.num_workers=1", "hydra.run.dir=run"]
-    trained = in_process(train_main, train, tmp_path)
+    settings = ("train.encoder=lora", "train.llm=lora", "lora.r=4", "lr.encoder=1e-3")
+    lora = [f"curriculum.stages.instruct.{k}" for k in settings]
+    train += [*lora, "data.packing=true", "data.num_workers=1"]
+    trained = in_process(train_main, [*train, "hydra.run.dir=run"], tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "test_metrics.json").is_file()
+    stage = tmp_path / "run" / "stages" / "instruct"
+    for part in ("encoder", "llm"):
+        assert (stage / "adapters" / part / "adapter_model.safetensors").is_file()
+    export = [str(BIN / "vlmlab-export"), f"checkpoint={stage}", "output=back", "format=hf_qwen2_vl"]
+    assert "# export it as a Hugging Face Qwen2-VL folder" in trained.stdout  # what the run's end suggests
+    exported = in_process(export_main, export, tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    before = Qwen2VLForConditionalGeneration.from_pretrained(ours_folder.parent / "hf").state_dict()
+    after = Qwen2VLForConditionalGeneration.from_pretrained(tmp_path / "back").state_dict()
+    for name in ("model.visual.blocks.0.attn.qkv.weight", "model.language_model.layers.0.self_attn.q_proj.weight"):
+        assert not torch.equal(before[name], after[name])  # the merged adapters changed both parts
     # The align stage would train the connector, which Qwen2-VL does not have: refused by name
-    aligned = in_process(train_main, [*train[:-1], "curriculum.start_stage=align", "hydra.run.dir=align"], tmp_path)
+    aligned = in_process(train_main, [*train, "curriculum.start_stage=align", "hydra.run.dir=align"], tmp_path)
     assert aligned.returncode != 0 and "stage 'align' trains nothing" in aligned.stderr
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from vlmlab.cli.entry import invocation, shown_path
 from vlmlab.data.formats import read_split
 from vlmlab.interop.hf_llava import check_fits_llava
+from vlmlab.interop.hf_qwen2_vl import check_fits_qwen2_vl
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.training.curriculum import CurriculumOutcome
 from vlmlab.training.stage import stage_specs
@@ -68,10 +69,17 @@ def example_from_test_split(data: DictConfig) -> tuple[Path, str] | None:
 
 
 def export_format_of(model: VisionLanguageModel | None) -> tuple[str, str]:
-    """The format the model exports to (a Hugging Face LLaVA or LLaVA-NeXT folder when it fits, else vlmlab's own)
-    and the comment that says which."""
+    """The format the model exports to (a Hugging Face LLaVA, LLaVA-NeXT or Qwen2-VL folder when it fits, else
+    vlmlab's own) and the comment that says which."""
     if model is None:
         return "vlmlab", "in vlmlab's own format"
+    if model.llm.uses_mrope:  # Qwen2-VL's language model: Qwen2-VL's format or none
+        try:
+            check_fits_qwen2_vl(model)
+        except ValueError as err:
+            reason = str(err).partition(": ")[2].split(";")[0].split(". ")[0]
+            return "vlmlab", f"in vlmlab's own format (not a Hugging Face Qwen2-VL: {reason})"
+        return "hf_qwen2_vl", "as a Hugging Face Qwen2-VL folder (transformers loads it)"
     next_ = model.image_newline is not None
     try:
         check_fits_llava(model, next_)
