@@ -122,6 +122,12 @@ def test_size_rules_hold_their_edges() -> None:
     assert siglip2_size(1, 500, 8, 16) == (8, 128)  # at least one patch a side, within the budget
     with pytest.raises(ValueError, match="min_pixels <= max_pixels"):
         PatchRecipe("qwen2_vl", 14, 2, 2, (0.5,) * 3, (0.5,) * 3, "bicubic", min_pixels=10, max_pixels=5)
+    # keep_aspect_ratio: false: the largest square of whole tokens within the budget, whatever the shape
+    stats = ((0.5,) * 3, (0.5,) * 3, "bicubic")
+    square = PatchRecipe("qwen2_vl", 14, 2, 2, *stats, min_pixels=784, max_pixels=40 * 784, square=True)
+    assert square.resized(30, 200) == square.resized(200, 30) == (168, 168) and square.grid(5, 5) == (1, 12, 12)
+    square = PatchRecipe("siglip2", 8, 1, 1, *stats, max_num_patches=48, square=True)
+    assert square.resized(30, 200) == (48, 48) and square.grid(200, 30) == (1, 6, 6)
 
 
 def test_qwen2_vl_tower_gives_transformers_features(qwen2_vl: Path, images: list[Image.Image]) -> None:

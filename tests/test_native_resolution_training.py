@@ -25,7 +25,7 @@ from vlmlab.errors import UsageError
 from vlmlab.inference.answer import Assistant
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.image_layout import NativeTokenLayout
-from vlmlab.testing import TINY_OVERRIDES, compose_train, reshaped_copy
+from vlmlab.testing import TINY_DEMO_PRETRAIN, TINY_OVERRIDES, compose_train, reshaped_copy
 
 SHAPES = ((30, 200), (200, 30), (48, 48), (90, 140), (140, 90))  # (height, width)
 ENCODERS = ("tiny_qwen2_vl", "tiny_siglip2_naflex")
@@ -154,3 +154,29 @@ def test_what_cannot_work_with_images_of_their_own_shapes_is_refused(shaped_root
     cfg = config(shaped_root, "tiny_siglip2_naflex", "data.feature_cache.enabled=true")
     with pytest.raises(UsageError, match="set data.feature_cache.enabled=false"):
         VLMDataModule.from_config(cfg.data, model, seed=0, encoder_frozen=True)
+
+
+def test_keep_aspect_ratio_false_stretches_each_image_to_the_budgets_square(shaped_root: Path) -> None:
+    """The fixed-size encoder's resize at a native tower (`resize` against `native` at one tower and one budget)."""
+    cfg = config(shaped_root, "tiny_qwen2_vl", "model.encoder.max_tokens=36", "model.encoder.keep_aspect_ratio=false")
+    model = build_vlm(cfg.model)
+    data = VLMDataModule.from_config(cfg.data, model, seed=0, micro_batch_size=4)
+    dataset = data.dataset("vqa", "train")
+    for index in range(len(SHAPES)):  # 30 x 200 to 200 x 30: all 168 x 168 px, 12 x 12 patches, 36 tokens
+        sample = dataset[index]
+        assert sample["image_grids"].tolist() == [[1, 12, 12]]
+        assert int((sample["input_ids"] == model.image_token_id).sum()) == 36
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_contrastive_pretraining_takes_each_images_own_tokens(
+    encoder: str, shaped_root: Path, tmp_path: Path, in_process: InProcess
+) -> None:
+    """The demo's encoder pretraining (CLIP-style, against a text tower) with a native-resolution tower: each image
+    at its own shape, pooled over its own tokens."""
+    pretrain = [o for o in TINY_DEMO_PRETRAIN if "val_check_interval" not in o]
+    train = [str(BIN / "vlmlab-train"), "experiment=demo", *TINY_OVERRIDES, *pretrain, f"model/encoder={encoder}"]
+    train += [f"data.root={shaped_root}", "~curriculum.stages.align", "~curriculum.stages.instruct"]
+    trained = in_process(train_main, [*train, "eval.enabled=false", "hydra.run.dir=run"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (tmp_path / "run" / "stages" / "pretrain" / "objective.safetensors").is_file()

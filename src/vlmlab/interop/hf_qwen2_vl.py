@@ -154,6 +154,8 @@ def check_fits_qwen2_vl(model: VisionLanguageModel) -> None:
     encoder, llm = model.encoder, model.llm
     if not isinstance(encoder, Qwen2VLVisionEncoder) or encoder.output != "merged":
         problems.append("Qwen2-VL needs its vision tower with the patch merger (Qwen2VLVisionEncoder, output: merged)")
+    elif encoder.recipe.square:
+        problems.append("the encoder stretches every image to a square (keep_aspect_ratio: false); Qwen2-VL's does not")
     if not isinstance(model.connector, IdentityConnector):
         problems.append(
             f"the connector is {type(model.connector).__name__}; Qwen2-VL has none (model/connector=identity)"

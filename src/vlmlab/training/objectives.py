@@ -104,17 +104,23 @@ class ContrastiveAlignment(nn.Module):
     def forward(self, model: VisionLanguageModel, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised (image, text) embeddings of the batch's pairs [B, embed_dim] each. (Called as a module,
         so that FSDP2 gathers this objective's sharded weights around it.) A tiled image (anyres) is seen
-        through its base tile, the whole image."""
-        pixel_values, rows = batch["pixel_values"], len(batch["ids"])
-        if pixel_values is not None:
-            pixel_values = pixel_values[base_tile_indices(batch.get("image_grids"), len(pixel_values))]
-        images = 0 if pixel_values is None else len(pixel_values)
+        through its base tile, the whole image; a native-resolution encoder's image through the mean of its own
+        tokens."""
+        pixel_values, rows, grids = batch["pixel_values"], len(batch["ids"]), batch.get("image_grids")
+        if pixel_values is not None and not model.native_resolution:
+            pixel_values = pixel_values[base_tile_indices(grids, len(pixel_values))]
+        images = 0 if pixel_values is None else len(grids) if model.native_resolution else len(pixel_values)
         if images != rows or batch.get("position_ids") is not None:
             raise ValueError(
                 "the contrastive objective needs one image per sample, unpacked (a caption source, "
                 f"data.packing=false); this batch has {rows} samples and {images} images"
             )
-        features = model.encoder(pixel_values.to(next(model.encoder.parameters()).dtype)).mean(dim=1)  # (B, d_vis)
+        pixel_values = pixel_values.to(next(model.encoder.parameters()).dtype)
+        if model.native_resolution:  # packed tokens of every image -> each image's mean
+            tokens = model.encoder(pixel_values, grids).split(model.image_layout.counts(grids).tolist())
+            features = torch.stack([t.mean(dim=0) for t in tokens])  # (B, d_vis)
+        else:
+            features = model.encoder(pixel_values).mean(dim=1)  # (B, d_vis)
         text = self.text_tower(answer_texts(batch, self.tokenizer))  # (B, d_text)
         return F.normalize(self.image_projection(features), dim=-1), F.normalize(self.text_projection(text), dim=-1)
 

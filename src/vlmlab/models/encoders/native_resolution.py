@@ -153,6 +153,8 @@ class Qwen2VLVisionEncoder(NativeResolutionEncoder):
             processor's `min_pixels` / `max_pixels` (random weights: 4 and 256).
         interpolation: resize filter override (the processor's: bicubic).
         image_mean, image_std: normalisation overrides (the processor's: CLIP's).
+        keep_aspect_ratio: false stretches every image to the square of `max_tokens` (a fixed-size encoder's resize,
+            at this tower).
     """
 
     def __init__(
@@ -165,6 +167,7 @@ class Qwen2VLVisionEncoder(NativeResolutionEncoder):
         interpolation: str | None = None,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        keep_aspect_ratio: bool = True,
     ) -> None:
         super().__init__()
         if output not in ("merged", "patches"):
@@ -203,7 +206,12 @@ class Qwen2VLVisionEncoder(NativeResolutionEncoder):
         fields.update({"mean": tuple(image_mean)} if image_mean else {})
         fields.update({"std": tuple(image_std)} if image_std else {})
         self.recipe = PatchRecipe(
-            "qwen2_vl", vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size, **fields
+            "qwen2_vl",
+            vision.patch_size,
+            vision.spatial_merge_size,
+            vision.temporal_patch_size,
+            square=not keep_aspect_ratio,
+            **fields,
         )
         self.output_dim = vision.hidden_size if output == "merged" else vision.embed_dim
         self.patches_per_token = vision.spatial_merge_size**2 if output == "merged" else 1
@@ -229,6 +237,8 @@ class Siglip2NaFlexEncoder(NativeResolutionEncoder):
         max_tokens: the patch budget per image; None: the checkpoint processor's `max_num_patches` (random
             weights: the config's `num_patches`).
         interpolation: resize filter override (the processor's: bilinear).
+        keep_aspect_ratio: false stretches every image to the largest square within `max_tokens` patches (a
+            fixed-size encoder's resize, at this tower).
     """
 
     def __init__(
@@ -238,6 +248,7 @@ class Siglip2NaFlexEncoder(NativeResolutionEncoder):
         feature_layer: int = -1,
         max_tokens: int | None = None,
         interpolation: str | None = None,
+        keep_aspect_ratio: bool = True,
     ) -> None:
         super().__init__()
         if pretrained is not None:
@@ -258,7 +269,9 @@ class Siglip2NaFlexEncoder(NativeResolutionEncoder):
             fields.update(rescale_factor=own.rescale_factor)
             budget = own.max_num_patches
         fields.update({"interpolation": interpolation} if interpolation else {})
-        self.recipe = PatchRecipe("siglip2", vision.patch_size, 1, 1, max_num_patches=max_tokens or budget, **fields)
+        budget = max_tokens or budget
+        square = not keep_aspect_ratio
+        self.recipe = PatchRecipe("siglip2", vision.patch_size, 1, 1, max_num_patches=budget, square=square, **fields)
         self.output_dim = vision.hidden_size
         self.patches_per_token = 1
         self._probe_flops()

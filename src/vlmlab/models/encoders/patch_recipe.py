@@ -37,6 +37,8 @@ class PatchRecipe:
     min_pixels, max_pixels: `qwen2_vl`'s pixel range after resizing.
     max_num_patches: `siglip2`'s patch budget.
     mean, std, interpolation, rescale_factor: as in `ImagePreprocessing`.
+    square: every image stretched to the largest square of whole tokens within the budget, as a fixed-size
+        encoder resizes it, instead of kept at its aspect ratio: the two compared at one tower.
     """
 
     layout: PatchLayout
@@ -50,6 +52,7 @@ class PatchRecipe:
     min_pixels: int | None = None
     max_pixels: int | None = None
     max_num_patches: int | None = None
+    square: bool = False
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -70,6 +73,11 @@ class PatchRecipe:
 
     def resized(self, height: int, width: int) -> tuple[int, int]:
         """The size (height, width) an image of `height` x `width` pixels is resized to."""
+        if self.square:
+            unit = self.patch_size * self.merge_size
+            units = self.max_pixels // unit**2 if self.layout == "qwen2_vl" else self.max_num_patches
+            side = math.isqrt(units) * unit
+            return side, side
         if self.layout == "qwen2_vl":
             return qwen2_vl_size(height, width, self.patch_size * self.merge_size, self.min_pixels, self.max_pixels)
         return siglip2_size(height, width, self.patch_size, self.max_num_patches)
