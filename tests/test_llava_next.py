@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from tests.cli_in_process import BIN, InProcess
-from tests.tiny_models import tiny_llama_config, tiny_vlm
+from tests.tiny_models import noise_pictures, tiny_llama_config, tiny_vlm
 from vlmlab.cli.export import main as export_main
 from vlmlab.data.conversation_dataset import collate
 from vlmlab.inference.answer import Assistant
@@ -72,13 +72,7 @@ def tiny_llava_next(tokenizer, folder: Path) -> LlavaNextForConditionalGeneratio
 
 
 def pictures(folder: Path) -> dict[str, Path]:
-    paths = {}
-    for name, (height, width) in SIZES.items():
-        generator = torch.Generator().manual_seed(height)
-        pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(pixels.numpy()).save(paths[name])
-    return paths
+    return noise_pictures(folder, SIZES)
 
 
 def processor_batch(folder: Path, paths: dict[str, Path]) -> dict[str, torch.Tensor]:

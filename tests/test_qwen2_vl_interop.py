@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 from transformers import AutoProcessor, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from tests.cli_in_process import BIN, InProcess
+from tests.tiny_models import noise_pictures
 from vlmlab.cli.export import main as export_main
 from vlmlab.cli.import_llava import import_llava
 from vlmlab.cli.train import main as train_main
@@ -95,13 +95,7 @@ def tiny_qwen2_vl(tokenizer, folder: Path) -> None:
 
 
 def pictures(folder: Path) -> dict[str, Path]:
-    paths = {}
-    for name, (height, width) in SIZES.items():
-        generator = torch.Generator().manual_seed(height * width)
-        pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
-        paths[name] = folder / f"{name}.png"
-        Image.fromarray(pixels.numpy()).save(paths[name])
-    return paths
+    return noise_pictures(folder, SIZES)
 
 
 def processor_batch(folder: Path, paths: dict[str, Path]) -> dict[str, torch.Tensor]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
+from PIL import Image
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from vlmlab.models.connectors import MLPConnector
@@ -58,3 +60,14 @@ def batch_for(model: VisionLanguageModel) -> dict[str, torch.Tensor]:
         "pixel_values": torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
         "labels": labels,
     }
+
+
+def noise_pictures(folder: Path, sizes: dict[str, tuple[int, int]]) -> dict[str, Path]:
+    """A PNG file of random pixels in `folder` per name of `sizes` ((height, width)), as a user would hold them."""
+    paths = {}
+    for name, (height, width) in sizes.items():
+        generator = torch.Generator().manual_seed(height * width)
+        pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+        paths[name] = folder / f"{name}.png"
+        Image.fromarray(pixels.numpy()).save(paths[name])
+    return paths
