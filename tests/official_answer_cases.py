@@ -1,4 +1,4 @@
-"""Reference cases for VQAv2 accuracy and ANLS, with the official scorers' values.
+"""Reference cases for VQAv2 accuracy, ANLS and POPE, with the official scorers' values.
 
 Where the expected values come from:
 - VQA: GT-Vision-Lab/VQA, default branch master, commit a013f0043c1e2cdc995922dfe257f7149aa9af06
@@ -8,6 +8,11 @@ Where the expected values come from:
   is `accuracy["overall"]` of the same run. Run on 2026-12-01.
 - ANLS: the Robust Reading Competition's DocVQA task-1 scoring loop (rrc.cvc.uab.es, threshold 0.5;
   the RRC does not publish it in a repository).
+- POPE: RUCAIBox/POPE, default branch main, commit 3df3ba1b110ecce25696989577fad583b67d4239, `evaluate.py` with
+  `ans_file` and `label_file` set to files of POPE_CASES' answers ({"answer": ...}) and labels ({"label": ...});
+  its printed values. lmms-eval's: EvolvingLMMs-Lab/lmms-eval, main, commit
+  75571cfe0fa36ca5ec2e6aa2bb268f9d38295af3, `lmms_eval/tasks/pope/utils.py`: `pope_process_results` on each case,
+  then the five `pope_aggregate_*` functions. Both run on 2026-12-07.
 """
 
 from __future__ import annotations
@@ -84,3 +89,26 @@ ANLS_CASES = [
     ("a c", ["a  b"], 0.75),  # distance on collapsed spaces, length on the raw strings (4, not 3)
     ("straße", ["STRASSE"], 0.7142857142857143),  # length of the upper-cased raw strings (ß -> SS)
 ]
+
+POPE_CASES = [
+    # (the model's answer, the question's label): free-form answers, parsed differently by the two scorers
+    ("Yes, there is a dog in the image.", "yes"),
+    ("No.", "no"),
+    ("There is not a cat in the image.", "no"),
+    ("no", "yes"),
+    ("I don't know", "no"),  # official: no No/no/not word, so yes
+    ("yes. No, wait", "no"),  # official: the first sentence only
+    ("Yes no", "no"),
+    ("NO", "no"),  # official: upper case is not a no
+    ("Nope", "yes"),
+    ("not sure", "yes"),
+    ("", "no"),
+    ("The answer is no, it isn't.", "no"),  # official: the comma goes, "no" is a word
+    ("yes", "yes"),
+    ("Yes", "no"),
+    (" yes ", "yes"),
+    ("no.", "yes"),  # lmms-eval: "no." is neither yes nor no
+]
+# evaluate.py printed: TP 4, FP 5, TN 4, FN 3
+POPE_OFFICIAL = {"accuracy": 0.5, "precision": 4 / 9, "recall": 4 / 7, "f1": 0.5, "yes_ratio": 0.5625}
+POPE_LMMS_EVAL = {"accuracy": 0.1875, "precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "yes_ratio": 0.4375}

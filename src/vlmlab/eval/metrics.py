@@ -10,6 +10,7 @@ from torchmetrics import Metric
 
 from vlmlab.eval.answer_metrics import ANLS, ExactMatchAccuracy, VQAAccuracy
 from vlmlab.eval.caption_metrics import BLEU, CIDErD
+from vlmlab.eval.pope_metrics import POPE, LmmsEvalPOPE
 
 METRICS: dict[str, type[Metric]] = {
     "exact_match": ExactMatchAccuracy,
@@ -17,6 +18,8 @@ METRICS: dict[str, type[Metric]] = {
     "anls": ANLS,
     "cider": CIDErD,
     "bleu": BLEU,
+    "pope": POPE,
+    "pope_lmms_eval": LmmsEvalPOPE,
 }
 
 
@@ -29,7 +32,8 @@ def build_metrics(names: Sequence[str], **kwargs: Any) -> dict[str, Metric]:
 
 
 def metric_values(name: str, metric: Metric) -> dict[str, float]:
-    """The computed metric as named numbers: BLEU gives bleu_1..bleu_4, the others one value."""
+    """The computed metric as named numbers: BLEU gives bleu_1..bleu_4, POPE pope_accuracy, pope_precision, ...,
+    the others one value."""
     return _named(name, metric.compute())
 
 
@@ -39,7 +43,9 @@ def per_sample_values(name: str, metric: Metric) -> list[dict[str, float]]:
     return [_named(name, value) for value in metric.compute_per_sample()]
 
 
-def _named(name: str, value: torch.Tensor) -> dict[str, float]:
+def _named(name: str, value: torch.Tensor | dict[str, torch.Tensor]) -> dict[str, float]:
+    if isinstance(value, dict):  # several named scores (POPE's accuracy, precision, ...)
+        return {f"{name}_{key}": float(v) for key, v in value.items()}
     if value.ndim == 0:
         return {name: float(value)}
     return {f"{name}_{i}": float(v) for i, v in enumerate(value, start=1)}
