@@ -155,3 +155,21 @@ def bad_llava_dataset(root: Path) -> dict[str, int]:
         "answer_truncated": 1,  # "late": the prompt fills max_length ("long" keeps the start of its answer)
         "image_truncated": 1,
     }
+
+
+def write_pope(root: Path, sampling: str = "random") -> list[dict]:
+    """A POPE question file as RUCAIBox/POPE publishes them (output/coco/coco_pope_<sampling>.json: a JSON object a
+    line) over two COCO val2014 images, and the images."""
+    images = ["COCO_val2014_000000310196.jpg", "COCO_val2014_000000210789.jpg"]
+    for name, colour in zip(images, ("red", "blue")):
+        write_image(root / "coco" / "val2014" / name, colour)
+    questions = [
+        {"question_id": 1, "image": images[0], "text": "Is there a snowboard in the image?", "label": "yes"},
+        {"question_id": 2, "image": images[0], "text": "Is there a car in the image?", "label": "no"},
+        {"question_id": 3, "image": images[1], "text": "Is there a person in the image?", "label": "yes"},
+        {"question_id": 4, "image": images[1], "text": "Is there a dog in the image?", "label": "no"},
+    ]
+    path = root / "pope" / f"coco_pope_{sampling}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    return questions

@@ -16,6 +16,7 @@ from transformers import LlavaNextImageProcessor
 from vlmlab.config import group_options, validate_config
 from vlmlab.data import schema
 from vlmlab.data.synthetic import SynthConfig
+from vlmlab.errors import UsageError
 from vlmlab.models.builder import build_vlm
 from vlmlab.presets import config_dir, preset_values
 from vlmlab.testing import compose_train
@@ -45,6 +46,9 @@ def test_every_group_has_presets() -> None:
         assert group_options(group), f"conf/{group} has no presets"
 
 
+EVALUATION_ONLY = {"pope"}  # data presets of test splits only (scored with vlmlab-eval)
+
+
 @pytest.mark.parametrize(
     "override",
     [f"{group}={option}" for group in GROUPS if group != "stage" for option in group_options(group)],
@@ -56,6 +60,10 @@ def test_every_preset_composes_and_validates(compose_config, override: str) -> N
         assert all(key.startswith(("data.sources.", "model.llm.pretrained")) for key in missing), missing
         return
     validate_config(cfg)  # raises on a preset that composes but cannot work
+    if override.removeprefix("data=") in EVALUATION_ONLY:  # nothing to train on: said by name
+        with pytest.raises(UsageError, match="mixture 'align' is not in data.mixtures \\(none\\)"):
+            stage_specs(cfg)
+        return
     stage_specs(cfg)
 
 
@@ -65,7 +73,7 @@ def test_every_stage_preset_validates(compose_config, stage: str) -> None:
     assert [s.name for s in stage_specs(cfg)] == ["align", "instruct"]
 
 
-@pytest.mark.parametrize("data", group_options("data"))
+@pytest.mark.parametrize("data", [d for d in group_options("data") if d not in EVALUATION_ONLY])
 def test_every_data_preset_validates_with_both_stage_mixtures(compose_config, data: str) -> None:
     required = ["data.sources.hf.train.path=/datasets/table"] if data == "hf" else []
     cfg = compose_config([f"data={data}", "data.root=/datasets", *required], fast=False)

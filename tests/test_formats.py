@@ -12,9 +12,10 @@ from typing import Any
 import datasets
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from tests.cli_in_process import BIN, InProcess
 from tests.conftest import MODEL_OVERRIDES
 from tests.published_formats import (
     VQA_ANSWERS,
@@ -24,11 +25,14 @@ from tests.published_formats import (
     write_image,
     write_json,
     write_llava_instruct,
+    write_pope,
     write_vqav2,
 )
+from vlmlab.cli.evaluate import main as evaluate_main
 from vlmlab.config import validate_config
 from vlmlab.data.chat_format import IGNORE_INDEX, SampleError
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.formats import read_split
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.testing import compose_train
@@ -263,3 +267,28 @@ def test_split_keys_are_checked_against_the_format(tmp_path: Path) -> None:
         data_config(tmp_path, "vqav2", "+data.sources.vqav2.train.question=x")
     with pytest.raises(ValueError, match="split 'train' must be a mapping with annotations, images, not a path"):
         data_config(tmp_path, "docvqa", "data.sources.docvqa.train=/x.json")
+
+
+def test_pope_question_files_read_and_score_per_split(tmp_path: Path, demo_run: Path, in_process: InProcess) -> None:
+    """POPE's three published question files as three sources, answered by a trained model through `vlmlab-eval`:
+    each split scored with POPE's five numbers and the blind baseline; a broken line is a counted skip."""
+    for sampling in ("random", "popular", "adversarial"):
+        questions = write_pope(tmp_path, sampling)
+    with (tmp_path / "pope" / "coco_pope_adversarial.json").open("a") as handle:
+        handle.write('{"question_id": 5, "image": "x.jpg", "text": "Is there a cat?", "label": "maybe"}\n')
+    cfg = compose_train([f"paths.root_dir={tmp_path}", "data=pope", f"data.root={tmp_path}"])
+    records = read_split("pope_popular", OmegaConf.to_container(cfg.data.sources.pope_popular, resolve=True), "test")
+    assert [r["answers"] for r in records] == [[q["label"]] for q in questions]
+    assert records[0]["image"] == [str(tmp_path / "coco" / "val2014" / questions[0]["image"])]
+    assert records[0]["conversations"][0]["value"].startswith("<image>\nIs there a snowboard in the image?")
+    command = [str(BIN / "vlmlab-eval"), f"checkpoint={demo_run / 'stages' / 'instruct'}", "data=pope"]
+    command += [f"data.root={tmp_path}", "track=false", "max_new_tokens=3", "hydra.run.dir=scored"]
+    scored = in_process(evaluate_main, command, tmp_path)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    for source in ("pope_random", "pope_popular", "pope_adversarial"):
+        for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+            assert f"test/{source}/pope_{key}" in metrics and f"test/{source}/blind_pope_{key}" in metrics
+        assert metrics[f"test/{source}/pope_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # of 4 questions
+    log = (tmp_path / "scored" / "evaluate.log").read_text()
+    assert "malformed" in log and "line 5 of" in log and "has label 'maybe'" in log  # the skip, named

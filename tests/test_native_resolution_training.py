@@ -21,6 +21,7 @@ from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.train import main as train_main
 from vlmlab.data.conversation_dataset import collate, record_images
 from vlmlab.data.datamodule import VLMDataModule
+from vlmlab.data.image_processing import encoder_image_processor
 from vlmlab.errors import UsageError
 from vlmlab.inference.answer import Assistant
 from vlmlab.models.builder import build_vlm
@@ -180,3 +181,20 @@ def test_contrastive_pretraining_takes_each_images_own_tokens(
     trained = in_process(train_main, [*train, "eval.enabled=false", "hydra.run.dir=run"], tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "stages" / "pretrain" / "objective.safetensors").is_file()
+
+
+@pytest.mark.parametrize("budget", [16, 144])
+def test_the_token_budget_study_spends_at_most_its_budget(budget: int) -> None:
+    """experiments/native_resolution/run_token_budget.py's three commands at a budget, composed and built: every
+    receipt shape takes at most `budget` image tokens; resize exactly that many, whatever the shape."""
+    from experiments.native_resolution.run_token_budget import METHODS, command
+
+    receipts = [(192, 96), (288, 96), (288, 192)]  # (height, width), experiments/anyres
+    for method in METHODS:
+        overrides = [a for a in command(method, budget, 0, Path("out"))[1:] if not a.startswith(("hydra.", "~"))]
+        cfg = compose_train(overrides)
+        model = build_vlm(cfg.model)
+        images = encoder_image_processor(model.encoder, cfg.data.image_resize, cfg.data.anyres)  # the data module's
+        tokens = [model.image_layout.count(images(Image.new("RGB", (w, h))).grid) for h, w in receipts]
+        assert all(4 <= t <= budget for t in tokens), (method, tokens)
+        assert (tokens == [budget] * 3) == (method == "resize"), (method, tokens)

@@ -29,13 +29,14 @@ from vlmlab.errors import UsageError
 
 Record = dict[str, Any]
 
-FORMATS = ("llava", "coco_captions", "vqav2", "docvqa", "hf", "streaming")
+FORMATS = ("llava", "coco_captions", "vqav2", "docvqa", "pope", "hf", "streaming")
 SPLIT_KEYS = {
     "streaming": {"path": True},  # a `vlmlab-data optimize` output folder or URL (vlmlab.data.shards)
     "llava": {"file": True, "images": False},
     "coco_captions": {"annotations": True, "images": True},
     "vqav2": {"questions": True, "annotations": False, "images": True},
     "docvqa": {"annotations": True, "images": True},
+    "pope": {"questions": True, "images": True},
     "hf": {"path": True, "split": False, "columns": True},
 }
 
@@ -175,6 +176,45 @@ def read_docvqa(split: dict[str, Any], name: str, prompt: str | None) -> list[Re
     return records
 
 
+POPE_LABELS = ("yes", "no")
+
+
+def read_pope(split: dict[str, Any], name: str, prompt: str | None) -> list[Record]:
+    """POPE's question files (RUCAIBox/POPE `output/coco/coco_pope_{random,popular,adversarial}.json`): one JSON
+    object a line, `question_id`, `image` (a file name in `images`), `text` (the question) and `label` (yes or
+    no), which is the answer trained on and the reference scored against."""
+    path = Path(split["questions"])
+    if not path.is_file():
+        raise FileNotFoundError(f"POPE questions file {path} does not exist; check the data config's paths")
+    root = Path(split["images"])
+    records = []
+    for number, line in enumerate(read_text(path, "POPE questions").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            records.append(bad_record(f"line {number}", "malformed", f"{path} line {number} is not JSON ({err})"))
+            continue
+        qid = entry.get("question_id", f"line {number}") if isinstance(entry, dict) else f"line {number}"
+        fields = ("image", "text", "label")
+        wrong = [k for k in fields if not isinstance(entry, dict) or not isinstance(entry.get(k), str)]
+        if wrong or entry["label"] not in POPE_LABELS:
+            problem = f"no {' or '.join(repr(k) for k in wrong)} string" if wrong else f"label {entry['label']!r}"
+            message = f"line {number} of {path} has {problem}; a POPE question needs image, text and label yes or no"
+            records.append(bad_record(qid, "malformed", message))
+            continue
+        records.append(
+            {
+                "id": qid,
+                "image": [str(root / entry["image"])],
+                "conversations": qa_conversation(prompt, entry["text"], entry["label"]),
+                "answers": [entry["label"]],
+            }
+        )
+    return records
+
+
 class HFRecords(Sequence[Record]):
     """Rows of an HF `datasets` table as records, built when accessed (the table stays memory-mapped).
 
@@ -263,6 +303,7 @@ READERS: dict[str, Callable[[dict[str, Any], str, str | None], Sequence[Record]]
     "coco_captions": read_coco_captions,
     "vqav2": read_vqav2,
     "docvqa": read_docvqa,
+    "pope": read_pope,
     "hf": read_hf,
 }
 

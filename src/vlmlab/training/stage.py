@@ -160,7 +160,8 @@ class StageSpec:
 
 def stage_specs(cfg: DictConfig) -> list[StageSpec]:
     """Every stage of `cfg.curriculum.stages`, in order, checked against the data config's mixtures."""
-    mixtures = OmegaConf.to_container(cfg.data.get("mixtures") or {}, resolve=True)
+    mixtures = cfg.data.get("mixtures")
+    mixtures = {} if mixtures is None else OmegaConf.to_container(mixtures, resolve=True)
     stages = cfg.curriculum.stages
     if not stages:
         raise UsageError("curriculum.stages is empty: choose a curriculum (e.g. curriculum=llava) or add a stage")
