@@ -24,6 +24,7 @@ from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoP
 from tests.cli_in_process import BIN, InProcess
 from tests.tiny_models import noise_pictures
 from vlmlab.cli.export import main as export_main
+from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.import_llava import import_llava
 from vlmlab.cli.train import main as train_main
 from vlmlab.data.conversation_dataset import collate
@@ -129,6 +130,11 @@ def vlmlab_batch(model, paths: dict[str, Path]) -> dict:
     return collate(samples, model.llm.tokenizer.pad_token_id, padding_side="left")
 
 
+def exported_processor_answer(folder: Path, tokens: torch.Tensor) -> str:
+    """The text of generated tokens, decoded by the folder's processor as a transformers user decodes them."""
+    return AutoProcessor.from_pretrained(folder).decode(tokens, skip_special_tokens=True)
+
+
 def vlmlab_logits(model, batch: dict) -> torch.Tensor:
     with torch.no_grad():
         return model(
@@ -190,6 +196,12 @@ def test_exported_qwen2_vl_gives_vlmlabs_logits_and_tokens(
     prompt_length = inputs["input_ids"].shape[1]
     greedy = exported.generate(**inputs, max_new_tokens=6, do_sample=False)[:, prompt_length:]
     assert ours.generate_from_batch(batch, max_new_tokens=6).tolist() == greedy.tolist()
+    # vlmlab-generate answers from the Hugging Face folder itself, as transformers does
+    command = [str(BIN / "vlmlab-generate"), f"checkpoint={tmp_path / 'back'}", f"image={paths['wide']}"]
+    answered = in_process(generate_main, [*command, "prompt=Read it.", "max_new_tokens=6"], tmp_path)
+    assert answered.returncode == 0, answered.stderr[-3000:]
+    expected = exported_processor_answer(tmp_path / "back", greedy[0])
+    assert answered.stdout.strip().endswith(expected.strip()) and expected.strip()
 
 
 def test_mrope_positions_equal_transformers_rope_index(imported: tuple) -> None:
