@@ -290,5 +290,8 @@ def test_pope_question_files_read_and_score_per_split(tmp_path: Path, demo_run: 
         for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
             assert f"test/{source}/pope_{key}" in metrics and f"test/{source}/blind_pope_{key}" in metrics
         assert metrics[f"test/{source}/pope_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)  # of 4 questions
-    log = (tmp_path / "scored" / "evaluate.log").read_text()
-    assert "malformed" in log and "line 5 of" in log and "has label 'maybe'" in log  # the skip, named
+    scores = (tmp_path / "scored" / "predictions" / "pope_adversarial_test_scores.jsonl").read_text().splitlines()
+    assert len(scores) == 4  # the bad line skipped
+    source = OmegaConf.to_container(cfg.data.sources.pope_adversarial, resolve=True)
+    reason, message = read_split("pope_adversarial", source, "test")[4]["error"]
+    assert reason == "malformed" and "line 5 of" in message and "has label 'maybe'" in message  # named
