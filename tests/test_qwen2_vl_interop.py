@@ -22,7 +22,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from tests.cli_in_process import BIN, InProcess
-from tests.tiny_models import noise_pictures
+from tests.tiny_models import noise_pictures, tiny_vlm
 from vlmlab.cli.export import main as export_main
 from vlmlab.cli.generate import main as generate_main
 from vlmlab.cli.import_llava import import_llava
@@ -32,6 +32,7 @@ from vlmlab.data.packing import collate_packed
 from vlmlab.inference.answer import Assistant
 from vlmlab.inference.loading import load_model
 from vlmlab.interop.hf_qwen2_vl import check_fits_qwen2_vl
+from vlmlab.models.builder import build_vlm
 from vlmlab.models.llms.qwen2_vl_text import mrope_positions
 from vlmlab.testing import TINY_OVERRIDES
 
@@ -284,8 +285,13 @@ def test_the_imported_model_trains_from_its_printed_command(
     assert aligned.returncode != 0 and "stage 'align' trains nothing" in aligned.stderr
 
 
-def test_a_model_qwen2_vl_cannot_express_is_refused(tokenizer) -> None:
-    from tests.tiny_models import tiny_vlm
-
+def test_what_qwen2_vl_cannot_express_is_refused(imported: tuple, tokenizer) -> None:
     with pytest.raises(ValueError, match="Qwen2VLVisionEncoder.*connector is MLPConnector.*LLM is LlamaForCausalLM"):
         check_fits_qwen2_vl(tiny_vlm(tokenizer))
+    # its language model places image tokens on their grids: a fixed-size encoder is refused when built
+    presets = imported[1] / "conf" / "model"
+    parts = {"encoder": Path("conf/model/encoder/tiny_vit.yaml"), "connector": Path("conf/model/connector/linear.yaml")}
+    model_cfg = OmegaConf.create({part: OmegaConf.load(path) for part, path in parts.items()})
+    model_cfg.llm = OmegaConf.load(presets / "llm" / "tiny_qwen.yaml")
+    with pytest.raises(ValueError, match="takes M-RoPE positions .* needs a native-resolution encoder"):
+        build_vlm(model_cfg)

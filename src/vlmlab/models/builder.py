@@ -115,6 +115,11 @@ def build_vlm(model_cfg: DictConfig) -> VisionLanguageModel:
     encoder = instantiate(model_cfg.encoder)
     log.info("llm: %s", model_cfg.llm._target_)
     llm = instantiate(model_cfg.llm)
+    if llm.uses_mrope and not isinstance(encoder, NativeResolutionEncoder):
+        raise ValueError(
+            "the LLM takes M-RoPE positions (Qwen2-VL's), which place each image's tokens on its grid: it needs a "
+            "native-resolution encoder (model/encoder=tiny_qwen2_vl, qwen2_vl_2b or an imported Qwen2-VL's)"
+        )
     log.info("connector: %s", model_cfg.connector._target_)
     connector = build_connector(instantiate(model_cfg.connector, _partial_=True), encoder, llm)
     if model_cfg.get("image_newline", False):

@@ -82,12 +82,7 @@ class VisionLanguageModel(nn.Module):
     ) -> torch.Tensor:
         """The M-RoPE positions of a batch for an LLM that takes them (`LanguageModel.uses_mrope`): each image's
         tokens on its merged grid (`vlmlab.models.llms.qwen2_vl_text.mrope_positions`)."""
-        layout = self.image_layout
-        if not isinstance(layout, NativeTokenLayout):
-            raise ValueError(
-                "an LLM with M-RoPE positions (Qwen2-VL's) places each image's tokens on its grid; it needs a "
-                "native-resolution encoder (model/encoder=qwen2_vl_2b or tiny_qwen2_vl)"
-            )
+        layout = self.image_layout  # a native-resolution encoder's (the builder refuses any other with M-RoPE)
         grids = None if image_grids is None else layout.token_grids(image_grids)
         return mrope_positions(input_ids, self.image_token_id, grids, attention_mask, packed_positions)
 
