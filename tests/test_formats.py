@@ -33,6 +33,7 @@ from vlmlab.config import validate_config
 from vlmlab.data.chat_format import IGNORE_INDEX, SampleError
 from vlmlab.data.datamodule import VLMDataModule
 from vlmlab.data.formats import read_split
+from vlmlab.inference.loading import LoadedModel, save_model_folder
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.vlm import VisionLanguageModel
 from vlmlab.testing import compose_train
@@ -269,9 +270,13 @@ def test_split_keys_are_checked_against_the_format(tmp_path: Path) -> None:
         data_config(tmp_path, "docvqa", "data.sources.docvqa.train=/x.json")
 
 
-def test_pope_question_files_read_and_score_per_split(tmp_path: Path, demo_run: Path, in_process: InProcess) -> None:
-    """POPE's three published question files as three sources, answered by a trained model through `vlmlab-eval`:
-    each split scored with POPE's five numbers and the blind baseline; a broken line is a counted skip."""
+def test_pope_question_files_read_and_score_per_split(
+    tmp_path: Path, model: VisionLanguageModel, in_process: InProcess
+) -> None:
+    """POPE's three published question files as three sources, answered by a (random tiny) model folder through
+    `vlmlab-eval`: each split scored with POPE's five numbers and the blind baseline; a broken line is skipped."""
+    model_config = OmegaConf.to_container(data_config(tmp_path, "synthetic").model, resolve=True)
+    save_model_folder(LoadedModel(model, model_config, "resize", "test", tmp_path), tmp_path / "model")
     for sampling in ("random", "popular", "adversarial"):
         questions = write_pope(tmp_path, sampling)
     with (tmp_path / "pope" / "coco_pope_adversarial.json").open("a") as handle:
@@ -281,7 +286,7 @@ def test_pope_question_files_read_and_score_per_split(tmp_path: Path, demo_run: 
     assert [r["answers"] for r in records] == [[q["label"]] for q in questions]
     assert records[0]["image"] == [str(tmp_path / "coco" / "val2014" / questions[0]["image"])]
     assert records[0]["conversations"][0]["value"].startswith("<image>\nIs there a snowboard in the image?")
-    command = [str(BIN / "vlmlab-eval"), f"checkpoint={demo_run / 'stages' / 'instruct'}", "data=pope"]
+    command = [str(BIN / "vlmlab-eval"), f"checkpoint={tmp_path / 'model'}", "data=pope"]
     command += [f"data.root={tmp_path}", "track=false", "max_new_tokens=3", "hydra.run.dir=scored"]
     scored = in_process(evaluate_main, command, tmp_path)
     assert scored.returncode == 0, scored.stderr[-3000:]
