@@ -77,14 +77,17 @@ def export_format_of(model: VisionLanguageModel | None) -> tuple[str, str]:
         try:
             check_fits_qwen2_vl(model)
         except ValueError as err:
-            reason = str(err).partition(": ")[2].split(";")[0].split(". ")[0]
-            return "vlmlab", f"in vlmlab's own format (not a Hugging Face Qwen2-VL: {reason})"
+            return "vlmlab", f"in vlmlab's own format (not a Hugging Face Qwen2-VL: {first_reason(err)})"
         return "hf_qwen2_vl", "as a Hugging Face Qwen2-VL folder (transformers loads it)"
     next_ = model.image_newline is not None
     try:
         check_fits_llava(model, next_)
     except ValueError as err:
-        reason = str(err).partition(": ")[2].split(";")[0].split(". ")[0]
-        return "vlmlab", f"in vlmlab's own format (not a Hugging Face LLaVA: {reason})"
+        return "vlmlab", f"in vlmlab's own format (not a Hugging Face LLaVA: {first_reason(err)})"
     name = "LLaVA-NeXT" if next_ else "LLaVA"
     return ("hf_llava_next" if next_ else "hf_llava"), f"as a Hugging Face {name} folder (transformers loads it)"
+
+
+def first_reason(err: ValueError) -> str:
+    """The first reason a `check_fits_*` refusal names ("...: reason one; reason two. Export it ...")."""
+    return str(err).partition(": ")[2].split(";")[0].split(". ")[0]

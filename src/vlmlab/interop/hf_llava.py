@@ -10,7 +10,6 @@ LLaVA-NeXT's tile grids are `data.anyres.grid_pinpoints` in tiles; its `image_gr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from transformers.image_utils import PILImageResampling
 from vlmlab.data.chat_format import takes_content_parts
 from vlmlab.data.image_processing import ResizeMode
 from vlmlab.data.tiling import Tiling, tiling_from_options
+from vlmlab.interop.hf_folder import config_fields, folder_model_type
 from vlmlab.interop.llava_weights import llava_to_vlmlab, vlmlab_to_llava
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.connectors.mlp import MLPConnector
@@ -202,13 +202,6 @@ def export_hf_llava(
     return folder
 
 
-def _config_fields(config: Any) -> dict[str, Any]:
-    fields = config.to_diff_dict()
-    for key in ("transformers_version", "architectures", "_name_or_path", "dtype"):
-        fields.pop(key, None)
-    return fields
-
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
@@ -278,7 +271,7 @@ def llava_model_config(
             "_target_": "vlmlab.models.encoders.HFVisionEncoder",
             "family": family,
             "pretrained": None,
-            "config": _config_fields(config.vision_config),
+            "config": config_fields(config.vision_config),
             "feature_layer": config.vision_feature_layer,
             "feature_select": config.vision_feature_select_strategy,
             "image_size": recipe["height"],
@@ -291,7 +284,7 @@ def llava_model_config(
         "llm": {
             "_target_": "vlmlab.models.llms.LanguageModel.from_config",
             "_convert_": "all",  # nested config fields (rope_parameters) reach transformers as plain dicts
-            "config": _config_fields(config.text_config),
+            "config": config_fields(config.text_config),
             "tokenizer": str(folder),
             "chat_template": template,
             "image_token": processor.image_token,
@@ -355,5 +348,4 @@ def batch_from_processor(inputs: Mapping[str, Any], anyres: Mapping[str, Any] | 
 def is_hf_llava_folder(path: Path) -> bool:
     """A folder holding a transformers LLaVA or LLaVA-NeXT config (an export, or a checkpoint such as
     llava-hf/llava-1.5-7b-hf or llava-hf/llava-v1.6-vicuna-7b-hf)."""
-    config = path / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") in LLAVA_MODEL_TYPES
+    return folder_model_type(path) in LLAVA_MODEL_TYPES

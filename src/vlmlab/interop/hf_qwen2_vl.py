@@ -10,7 +10,6 @@ transformers' processor does. Qwen2.5-VL (window attention in the tower) is anot
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageP
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
 from vlmlab.data.chat_format import renders_image_parts
+from vlmlab.interop.hf_folder import config_fields, folder_model_type
 from vlmlab.interop.llava_weights import renamed
 from vlmlab.models.builder import build_vlm
 from vlmlab.models.connectors.identity import IdentityConnector
@@ -51,15 +51,7 @@ OWN_FORMAT = "Export it in vlmlab's own format instead (vlmlab-export format=vlm
 
 def is_hf_qwen2_vl_folder(path: Path) -> bool:
     """A folder holding a transformers Qwen2-VL config (an export, or a checkpoint as Qwen/Qwen2-VL-2B-Instruct)."""
-    config = path / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("model_type") == MODEL_TYPE
-
-
-def _config_fields(config: Any) -> dict[str, Any]:
-    fields = config.to_diff_dict()
-    for key in ("transformers_version", "architectures", "_name_or_path", "dtype", "model_type"):
-        fields.pop(key, None)
-    return fields
+    return folder_model_type(path) == MODEL_TYPE
 
 
 def qwen2_vl_model_config(folder: str | Path, chat_template: str | None = None) -> dict[str, Any]:
@@ -92,7 +84,7 @@ def qwen2_vl_model_config(folder: str | Path, chat_template: str | None = None) 
     template = chat_template or processor.chat_template or tokenizer.chat_template
     if template is None:
         raise ValueError(f"{folder}: neither its processor nor its tokenizer has a chat template; give one")
-    text = _config_fields(config.text_config)
+    text = config_fields(config.text_config)
     text["tie_word_embeddings"] = bool(config.tie_word_embeddings)
     return {
         "image_newline": False,
@@ -100,7 +92,7 @@ def qwen2_vl_model_config(folder: str | Path, chat_template: str | None = None) 
             "_target_": "vlmlab.models.encoders.Qwen2VLVisionEncoder",
             "_convert_": "all",  # its rope_parameters reach transformers as a plain dict
             "pretrained": None,
-            "config": _config_fields(vision),
+            "config": config_fields(vision),
             "output": "merged",
             "min_tokens": pixels[0] // unit,
             "max_tokens": pixels[1] // unit,
@@ -112,7 +104,7 @@ def qwen2_vl_model_config(folder: str | Path, chat_template: str | None = None) 
         "llm": {
             "_target_": "vlmlab.models.llms.LanguageModel.from_config",
             "_convert_": "all",  # nested config fields (rope_parameters) reach transformers as plain dicts
-            "config": {"model_type": "qwen2_vl_text", **text},
+            "config": text,  # model_type qwen2_vl_text: Qwen2VLTextForCausalLM
             "tokenizer": str(folder),
             "chat_template": template,
             "image_token": DEFAULT_IMAGE_TOKEN,
