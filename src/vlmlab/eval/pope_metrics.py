@@ -85,14 +85,15 @@ class POPE(Metric):
     def update(self, answers: Sequence[str], references: Sequence[Sequence[str]]) -> None:
         if len(answers) != len(references):
             raise ValueError(f"{len(answers)} answers but {len(references)} reference lists")
-        rows = []
+        rows, totals = [], dict.fromkeys(COUNTS, 0)
         for answer, labels in zip(answers, references):
             if not labels:
                 raise ValueError("a POPE question needs its label (yes or no) as its reference answer; got none")
             counts = question_counts(answer, labels[0], self.variant)
-            for name in COUNTS:
-                setattr(self, name, getattr(self, name) + counts[name])
+            totals = {name: totals[name] + counts[name] for name in COUNTS}
             rows.append((counts["correct"], counts["predicted_yes"]))
+        for name in COUNTS:  # the states once a batch, not once a question
+            setattr(self, name, getattr(self, name) + totals[name])
         self.per_question.append(torch.tensor(rows, dtype=torch.float64, device=self.device).view(-1, 2))
 
     def compute(self) -> dict[str, torch.Tensor]:
